@@ -1,0 +1,45 @@
+# raylane: the README's commands. `make demo` and `make test` install on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch 2.13.0+cpu: from a local wheel folder when the machine has one, else PyTorch's CPU index.
+WHEELS ?= /opt/wheels
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_SOURCE := $(if $(wildcard $(WHEELS)/torch-*.whl),--find-links $(WHEELS),--index-url https://pypi.org/simple --extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match)
+EXTRAS ?= cpu,dev
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test unit integration lint bench clean
+
+$(BIN)/raylane:
+	$(MAKE) setup
+
+setup:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check uv
+	$(BIN)/uv pip install -p $(BIN)/python $(TORCH_SOURCE) \
+	    --overrides cluster/local/uv-overrides-cpu.txt --excludes cluster/local/uv-excludes.txt \
+	    -e ".[$(EXTRAS)]"
+
+# The local cluster stays up afterwards: open the dashboard, then `.venv/bin/raylane down`.
+demo: $(BIN)/raylane
+	$(BIN)/raylane up
+	$(BIN)/raylane submit jobs/smoke.yaml --wait
+	$(BIN)/raylane status
+
+test: $(BIN)/raylane
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: $(BIN)/raylane
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: $(BIN)/raylane
+	$(BIN)/ruff check platform jobs tests bench
+	$(BIN)/ruff format --check platform jobs tests bench
+
+bench: $(BIN)/raylane
+	for b in bench/*.py; do $(BIN)/python $$b --quick || exit 1; done
+
+clean:
+	rm -rf $(VENV) .raylane .pytest_cache

@@ -1,0 +1,1 @@
+"""raylane: a unified AI compute platform on one Ray cluster."""

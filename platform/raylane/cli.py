@@ -1,0 +1,285 @@
+"""The ``raylane`` command.
+
+Every command loads the effective config (``--config``/``RAYLANE_CONFIG``/``./raylane.yaml`` + env), sets
+Ray's auth environment, and does one thing. Errors print one line and exit non-zero (2 for bad
+config or usage); ``RAYLANE_DEBUG=1`` adds the traceback.
+
+Example:
+    $ raylane up --num-cpus 4
+    $ raylane submit jobs/smoke.yaml --wait
+    $ raylane down
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from raylane import cluster
+from raylane.config import RaylaneConfig, json_schema, load_config
+from raylane.errors import JobError, RaylaneError
+from raylane.submit import status_text
+
+app = typer.Typer(
+    help="raylane: ETL, training, online and batch LLM inference on one Ray cluster.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+jobs_app = typer.Typer(help="List, follow and stop Ray jobs.", no_args_is_help=True)
+config_app = typer.Typer(help="Show the effective config or its JSON Schema.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(config_app, name="config")
+
+# Wide enough for job ids when piped (rich assumes 80 columns without a terminal).
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="raylane.yaml to use (default: RAYLANE_CONFIG or ./raylane.yaml)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _load(config_path: Path | None, **overrides: Any) -> RaylaneConfig:
+    config = load_config(config_path)
+    if any(v is not None for v in overrides.values()):
+        config = config.with_overrides(**overrides)
+    cluster.apply_ray_env(config)
+    return config
+
+
+# -- cluster ------------------------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    config_path: ConfigOption = None,
+    num_cpus: Annotated[float | None, typer.Option(help="Logical CPUs of the head.")] = None,
+    object_store_memory: Annotated[int | None, typer.Option(help="Object store size in bytes.")] = None,
+) -> None:
+    """Start the local Ray head (127.0.0.1 only) with Serve; a second `up` reports the running one."""
+    config = _load(config_path, **{"ray.num_cpus": num_cpus, "ray.object_store_memory": object_store_memory})
+    started = time.perf_counter()
+    record, started_now = cluster.up(config)
+    verb = f"started in {time.perf_counter() - started:.1f}s" if started_now else "already running"
+    out.print(f"raylane head {verb} (pid {record.pid})")
+    out.print(f"  dashboard   {record.dashboard_url}")
+    out.print(f"  API         {record.serve_url}/v1")
+    out.print(f"  metrics     {record.metrics_url}")
+    out.print(f"  cluster     {record.gcs_address}   (ray.init(address=...))")
+    out.print(f"  auth        RAY_AUTH_MODE={config.ray.auth_mode}" + _token_hint(config))
+    out.print(f"  storage     {config.storage.root}")
+
+
+def _token_hint(config: RaylaneConfig) -> str:
+    path = cluster.token_path(config)
+    return f", RAY_AUTH_TOKEN_PATH={path}" if path else ""
+
+
+@app.command()
+def down(config_path: ConfigOption = None) -> None:
+    """Stop the local head that `raylane up` started (only its own processes)."""
+    config = _load(config_path)
+    record = cluster.down(config)
+    out.print(f"raylane head stopped (pid {record.pid})" if record else "no raylane head is running")
+
+
+@app.command()
+def status(config_path: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Cluster resources, running jobs, Serve apps and the storage root."""
+    config = _load(config_path)
+    dashboard = cluster.require_cluster(config)
+    record = None if config.is_remote else cluster.running_head(config)
+    summary = cluster.cluster_summary(config, dashboard)
+    from raylane.submit import job_client
+
+    jobs = [
+        {"id": j.submission_id, "status": status_text(j.status), "entrypoint": j.entrypoint}
+        for j in job_client(config, dashboard).list_jobs()
+        if j.submission_id and status_text(j.status) in {"PENDING", "RUNNING"}
+    ]
+    apps = _serve_apps(dashboard)
+    report = {
+        "dashboard": dashboard,
+        "storage_root": config.storage.root,
+        **summary,
+        "head_memory_mib": round(record.memory_bytes() / 2**20) if record else None,
+        "running_jobs": jobs,
+        "serve_apps": apps,
+    }
+    if as_json:
+        out.print_json(data=report)
+        return
+    out.print(f"cluster     {dashboard}  ({summary['nodes']} node(s))")
+    out.print(f"storage     {config.storage.root}")
+    if record:
+        out.print(f"head        pid {record.pid}, {report['head_memory_mib']} MiB resident")
+    resources = Table("resource", "used", "total", box=None, pad_edge=False)
+    for name, amount in sorted(summary["resources"].items()):
+        resources.add_row(name, _fmt_amount(name, amount["used"]), _fmt_amount(name, amount["total"]))
+    out.print(resources)
+    for demand in summary["pending_demand"]:
+        out.print(f"pending     {demand}")
+    out.print(f"jobs        {len(jobs)} running" + "".join(f"\n  {j['id']}  {j['status']}" for j in jobs))
+    out.print(f"serve apps  {len(apps)}" + "".join(f"\n  {name}  {state}" for name, state in apps.items()))
+
+
+def _fmt_amount(name: str, amount: float) -> str:
+    if "memory" in name:
+        return f"{amount / 2**30:.2f} GiB"
+    return f"{amount:g}"
+
+
+def _serve_apps(dashboard: str) -> dict[str, str]:
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    details = ServeSubmissionClient(dashboard).get_serve_details()
+    return {name: app["status"] for name, app in (details.get("applications") or {}).items()}
+
+
+# -- jobs ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def submit(
+    job_config: Annotated[Path, typer.Argument(help="Job config YAML, e.g. jobs/smoke.yaml.")],
+    config_path: ConfigOption = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow the logs; exit with the job's status.")
+    ] = False,
+) -> None:
+    """Submit the job a config names (jobs/<job>.py) as a Ray job and print its id."""
+    from raylane import submit as submission
+
+    config = _load(config_path)
+    spec = submission.load_job_spec(job_config)
+    dashboard = cluster.require_cluster(config)
+    job_id = submission.submit(config, dashboard, job_config, spec)
+    print(job_id, flush=True)
+    if wait:
+        client = submission.job_client(config, dashboard)
+        final = submission.follow_logs(client, job_id, lambda chunk: print(chunk, end="", flush=True))
+        if final != "SUCCEEDED":
+            raise JobError(f"job {job_id} {final.lower()}: see `raylane jobs logs {job_id}`")
+        err.print(f"job {job_id} succeeded")
+
+
+@jobs_app.command("list")
+def jobs_list(config_path: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Every job the cluster knows, newest first."""
+    from raylane.submit import job_client
+
+    config = _load(config_path)
+    dashboard = cluster.require_cluster(config)
+    rows = [
+        {
+            "id": job.submission_id or job.job_id,
+            "status": status_text(job.status),
+            "start": _fmt_time(job.start_time),
+            "end": _fmt_time(job.end_time),
+            "entrypoint": job.entrypoint,
+        }
+        for job in sorted(job_client(config, dashboard).list_jobs(), key=lambda j: -(j.start_time or 0))
+        if job.submission_id  # drivers connected with ray.init are not jobs users submitted
+    ]
+    if as_json:
+        out.print_json(data=rows)
+        return
+    table = Table("id", "status", "start", "end", "entrypoint", box=None, pad_edge=False)
+    for row in rows:
+        table.add_row(*(str(row[k]) for k in ("id", "status", "start", "end", "entrypoint")))
+    out.print(table)
+
+
+def _fmt_time(ms: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "-"
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    job_id: Annotated[str, typer.Argument(help="Job id (from `raylane submit` or `jobs list`).")],
+    config_path: ConfigOption = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends.")] = False,
+) -> None:
+    """Print a job's logs."""
+    from raylane.submit import follow_logs, get_job, job_client
+
+    config = _load(config_path)
+    client = job_client(config, cluster.require_cluster(config))
+    get_job(client, job_id)
+    if follow:
+        follow_logs(client, job_id, lambda chunk: print(chunk, end="", flush=True))
+    else:
+        print(client.get_job_logs(job_id), end="", flush=True)
+
+
+@jobs_app.command("stop")
+def jobs_stop(
+    job_id: Annotated[str, typer.Argument(help="Job id to stop.")],
+    config_path: ConfigOption = None,
+) -> None:
+    """Stop a running job."""
+    from raylane.submit import get_job, job_client
+
+    config = _load(config_path)
+    client = job_client(config, cluster.require_cluster(config))
+    get_job(client, job_id)
+    stopped = client.stop_job(job_id)
+    out.print(f"job {job_id} {'stopping' if stopped else 'was not running'}")
+
+
+# -- config -------------------------------------------------------------------------------------
+
+
+@config_app.command("show")
+def config_show(config_path: ConfigOption = None) -> None:
+    """The effective config (file + environment + defaults), secrets masked, as YAML."""
+    import yaml
+
+    config = load_config(config_path)
+    print(yaml.safe_dump(config.public_dict(), sort_keys=False), end="")
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """JSON Schema of raylane.yaml."""
+    print(json.dumps(json_schema(), indent=2))
+
+
+# -- entry point --------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI: one readable line per error, non-zero exit codes, tracebacks on request."""
+    debug = bool(os.environ.get("RAYLANE_DEBUG"))
+    try:
+        # Standalone mode: typer handles --help, usage errors (exit 2) and Ctrl-C itself.
+        app(args=argv, prog_name="raylane")
+    except RaylaneError as exc:
+        if debug:
+            traceback.print_exc()
+        err.print(f"raylane: error: {exc}", markup=False)
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if debug:
+            raise
+        err.print(
+            f"raylane: unexpected error: {type(exc).__name__}: {exc} (RAYLANE_DEBUG=1 shows the traceback)",
+            markup=False,
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

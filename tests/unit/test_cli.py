@@ -1,0 +1,77 @@
+"""The CLI's error behaviour, without a cluster: one line, the right exit code, fast."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+from tests.conftest import clean_env, free_ports, run_cli
+
+
+def test_missing_config_file_exits_2_with_one_line(tmp_path: Path):
+    result = run_cli("--help", cwd=tmp_path)
+    assert result.returncode == 0 and "submit" in result.stdout
+    result = run_cli("status", "--config", "nope.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["raylane: error: config file not found: nope.yaml"]
+
+
+def test_unknown_config_key_names_key_and_file(tmp_path: Path):
+    (tmp_path / "raylane.yaml").write_text("storage: {rooot: x}\n")
+    result = run_cli("config", "show", cwd=tmp_path)
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert "raylane.yaml" in line and "storage.rooot" in line and "\n" not in line
+
+
+def test_submit_without_a_cluster_says_to_run_up(tmp_path: Path):
+    port = free_ports(1)[0]
+    (tmp_path / "raylane.yaml").write_text(f"ray: {{ports: {{dashboard: {port}}}}}\n")
+    result = run_cli("submit", str(Path(__file__).parents[2] / "jobs" / "smoke.yaml"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "raylane up" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_taken_port_fails_fast_with_one_line(tmp_path: Path):
+    gcs, dashboard = free_ports(2)
+    (tmp_path / "raylane.yaml").write_text(f"ray: {{ports: {{gcs: {gcs}, dashboard: {dashboard}}}}}\n")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", dashboard))
+        holder.listen()
+        started = time.monotonic()
+        result = run_cli("up", cwd=tmp_path)
+        elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"raylane: error: port {dashboard} (ray.ports.dashboard) on 127.0.0.1 is already in use: "
+        f"free it or choose another with RAYLANE_RAY__PORTS__DASHBOARD=<port>"
+    )
+    assert elapsed < 20, "a taken port must not wait for a start timeout"
+    assert not (tmp_path / ".raylane" / "state" / "head.json").exists()
+
+
+def test_config_show_masks_secrets(tmp_path: Path):
+    env = clean_env(RAYLANE_STORAGE__S3__SECRET_ACCESS_KEY="super-secret-value")
+    result = run_cli("config", "show", cwd=tmp_path, env=env)
+    assert result.returncode == 0
+    assert "super-secret-value" not in result.stdout
+    assert "secret_access_key: '**********'" in result.stdout
+
+
+def test_config_schema_is_json_schema(tmp_path: Path):
+    result = run_cli("config", "schema", cwd=tmp_path)
+    schema = json.loads(result.stdout)
+    assert schema["title"] == "raylane.yaml"
+    assert {"ray", "storage", "database", "lanes", "models", "serve", "batch"} <= set(schema["properties"])
+
+
+def test_down_without_a_head_is_a_no_op(tmp_path: Path):
+    result = run_cli("down", cwd=tmp_path)
+    assert result.returncode == 0 and "no raylane head is running" in result.stdout
+
+
+def test_unknown_command_is_a_usage_error(tmp_path: Path):
+    result = run_cli("frobnicate", cwd=tmp_path)
+    assert result.returncode == 2
