@@ -10,7 +10,7 @@ with one PUT. Readers resolve a dataset only through its manifest, so a crashed 
 writer leaves nothing visible; :meth:`Storage.sweep_unpublished` removes its leftovers.
 
 Example:
-    >>> import tempfile
+    >>> import tempfile; from pathlib import Path
     >>> store = Storage.from_uri(Path(tempfile.mkdtemp()).as_uri())
     >>> with store.publish("datasets/demo", "v1") as pub:
     ...     store.write_bytes(pub.path("part-0.txt"), b"hello")
@@ -82,7 +82,7 @@ class Storage:
     :attr:`fs` and :meth:`fs_path` pair hands the same locations to pyarrow or Ray Data.
 
     Example:
-        >>> import tempfile
+        >>> import tempfile; from pathlib import Path
         >>> store = Storage.from_uri(Path(tempfile.mkdtemp()).as_uri())
         >>> store.write_bytes("a/b.txt", b"x"); store.read_bytes("a/b.txt")
         b'x'
@@ -324,7 +324,7 @@ def next_version(store: Storage, name: str) -> str:
     """The next ``vN`` version name for ``name``.
 
     Example:
-        >>> import tempfile
+        >>> import tempfile; from pathlib import Path
         >>> next_version(Storage.from_uri(Path(tempfile.mkdtemp()).as_uri()), "datasets/x")
         'v1'
     """
