@@ -18,13 +18,13 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from raylane import cluster
+from raylane import cli_metadata, cluster
+from raylane.cli_common import ConfigOption, JsonOption, err, fmt_time, load, out
 from raylane.config import RaylaneConfig, json_schema, load_config
 from raylane.errors import JobError, RaylaneError
 from raylane.submit import status_text
@@ -39,24 +39,9 @@ jobs_app = typer.Typer(help="List, follow and stop Ray jobs.", no_args_is_help=T
 config_app = typer.Typer(help="Show the effective config or its JSON Schema.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(config_app, name="config")
-
-# Wide enough for job ids when piped (rich assumes 80 columns without a terminal).
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="raylane.yaml to use (default: RAYLANE_CONFIG or ./raylane.yaml)."),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def _load(config_path: Path | None, **overrides: Any) -> RaylaneConfig:
-    config = load_config(config_path)
-    if any(v is not None for v in overrides.values()):
-        config = config.with_overrides(**overrides)
-    cluster.apply_ray_env(config)
-    return config
+app.add_typer(cli_metadata.keys_app, name="keys")
+app.add_typer(cli_metadata.models_app, name="models")
+app.command("usage")(cli_metadata.usage)
 
 
 # -- cluster ------------------------------------------------------------------------------------
@@ -69,7 +54,7 @@ def up(
     object_store_memory: Annotated[int | None, typer.Option(help="Object store size in bytes.")] = None,
 ) -> None:
     """Start the local Ray head (127.0.0.1 only) with Serve; a second `up` reports the running one."""
-    config = _load(config_path, **{"ray.num_cpus": num_cpus, "ray.object_store_memory": object_store_memory})
+    config = load(config_path, **{"ray.num_cpus": num_cpus, "ray.object_store_memory": object_store_memory})
     started = time.perf_counter()
     record, started_now = cluster.up(config)
     verb = f"started in {time.perf_counter() - started:.1f}s" if started_now else "already running"
@@ -90,7 +75,7 @@ def _token_hint(config: RaylaneConfig) -> str:
 @app.command()
 def down(config_path: ConfigOption = None) -> None:
     """Stop the local head that `raylane up` started (only its own processes)."""
-    config = _load(config_path)
+    config = load(config_path)
     record = cluster.down(config)
     out.print(f"raylane head stopped (pid {record.pid})" if record else "no raylane head is running")
 
@@ -98,7 +83,7 @@ def down(config_path: ConfigOption = None) -> None:
 @app.command()
 def status(config_path: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Cluster resources, running jobs, Serve apps and the storage root."""
-    config = _load(config_path)
+    config = load(config_path)
     dashboard = cluster.require_cluster(config)
     record = None if config.is_remote else cluster.running_head(config)
     summary = cluster.cluster_summary(config, dashboard)
@@ -162,7 +147,7 @@ def submit(
     """Submit the job a config names (jobs/<job>.py) as a Ray job and print its id."""
     from raylane import submit as submission
 
-    config = _load(config_path)
+    config = load(config_path)
     spec = submission.load_job_spec(job_config)
     dashboard = cluster.require_cluster(config)
     job_id = submission.submit(config, dashboard, job_config, spec)
@@ -180,14 +165,14 @@ def jobs_list(config_path: ConfigOption = None, as_json: JsonOption = False) -> 
     """Every job the cluster knows, newest first."""
     from raylane.submit import job_client
 
-    config = _load(config_path)
+    config = load(config_path)
     dashboard = cluster.require_cluster(config)
     rows = [
         {
             "id": job.submission_id or job.job_id,
             "status": status_text(job.status),
-            "start": _fmt_time(job.start_time),
-            "end": _fmt_time(job.end_time),
+            "start": fmt_time(job.start_time / 1000 if job.start_time else None),
+            "end": fmt_time(job.end_time / 1000 if job.end_time else None),
             "entrypoint": job.entrypoint,
         }
         for job in sorted(job_client(config, dashboard).list_jobs(), key=lambda j: -(j.start_time or 0))
@@ -202,10 +187,6 @@ def jobs_list(config_path: ConfigOption = None, as_json: JsonOption = False) -> 
     out.print(table)
 
 
-def _fmt_time(ms: int | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "-"
-
-
 @jobs_app.command("logs")
 def jobs_logs(
     job_id: Annotated[str, typer.Argument(help="Job id (from `raylane submit` or `jobs list`).")],
@@ -215,7 +196,7 @@ def jobs_logs(
     """Print a job's logs."""
     from raylane.submit import follow_logs, get_job, job_client
 
-    config = _load(config_path)
+    config = load(config_path)
     client = job_client(config, cluster.require_cluster(config))
     get_job(client, job_id)
     if follow:
@@ -232,7 +213,7 @@ def jobs_stop(
     """Stop a running job."""
     from raylane.submit import get_job, job_client
 
-    config = _load(config_path)
+    config = load(config_path)
     client = job_client(config, cluster.require_cluster(config))
     get_job(client, job_id)
     stopped = client.stop_job(job_id)

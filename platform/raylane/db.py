@@ -1,0 +1,317 @@
+"""The metadata store (SQLAlchemy 2): API keys, the usage ledger and model versions.
+
+SQLite in the state dir by default; any SQLAlchemy URL (PostgreSQL on clusters) works the same.
+API keys are stored as a SHA-256 digest plus a short display prefix. A plain digest (not bcrypt) is
+the right tool here: the secrets are 256-bit random tokens, so there is nothing to brute-force, and
+the gateway must look a key up on every request.
+
+Example:
+    >>> store = MetadataStore("sqlite://")
+    >>> secret = store.create_key("alice", rpm=60)
+    >>> store.authenticate(secret).name
+    'alice'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+    case,
+    create_engine,
+    func,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from raylane.errors import AuthenticationError, ConfigError, InvalidRequestError, NotFoundError, RaylaneError
+
+KEY_PREFIX = "rl-"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ApiKey(Base):
+    """An API key: who may call which models, how fast, and how much."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    display_prefix: Mapped[str] = mapped_column(String(16))
+    models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)  # None: every model
+    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class UsageRecord(Base):
+    """One request in the usage ledger (streaming requests included)."""
+
+    __tablename__ = "usage"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time, index=True)
+    key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), nullable=True)
+    key_name: Mapped[str] = mapped_column(String(128), index=True)
+    model: Mapped[str] = mapped_column(String(256), index=True)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    status_code: Mapped[int] = mapped_column(Integer)
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class ModelVersion(Base):
+    """A registered model: ``name@version`` -> a model directory in storage."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    uri: Mapped[str] = mapped_column(String(1024))
+    source: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What the gateway needs to know about an authenticated key (never the secret)."""
+
+    id: int
+    name: str
+    display_prefix: str
+    models: tuple[str, ...] | None
+    rpm: int | None
+    tpm: int | None
+    max_tokens: int | None
+    created_at: float
+    revoked_at: float | None
+
+    @classmethod
+    def of(cls, row: ApiKey) -> KeyInfo:
+        return cls(
+            id=row.id,
+            name=row.name,
+            display_prefix=row.display_prefix,
+            models=tuple(row.models) if row.models is not None else None,
+            rpm=row.rpm,
+            tpm=row.tpm,
+            max_tokens=row.max_tokens,
+            created_at=row.created_at,
+            revoked_at=row.revoked_at,
+        )
+
+    def allows(self, model: str) -> bool:
+        """Whether this key may use ``model``."""
+        return self.models is None or model in self.models
+
+
+def hash_secret(secret: str) -> str:
+    """The stored form of an API key secret.
+
+    Example:
+        >>> len(hash_secret("rl-abc"))
+        64
+    """
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class MetadataStore:
+    """All metadata reads and writes; one instance per process, safe to share across threads."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self.engine: Engine = create_engine(url, **_engine_options(url))
+            Base.metadata.create_all(self.engine)
+        except OperationalError as exc:
+            raise RaylaneError(f"cannot open the metadata database: {exc.orig}") from None
+        except Exception as exc:  # a malformed URL or a missing driver
+            raise ConfigError(f"database.url: {exc}") from None
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def from_config(cls, config: Any) -> MetadataStore:
+        """The store of a :class:`raylane.config.RaylaneConfig` (creating the state dir for SQLite)."""
+        if config.database.url.startswith("sqlite:///") and config.state_dir is not None:
+            config.state_dir.mkdir(parents=True, exist_ok=True)
+        return cls(config.database.url)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session committed on success, rolled back on error."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    # -- API keys ------------------------------------------------------------------------------
+
+    def create_key(
+        self,
+        name: str,
+        *,
+        models: list[str] | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        max_tokens: int | None = None,
+    ) -> str:
+        """Create a key and return its secret; only the digest is stored."""
+        if not name or len(name) > 128:
+            raise InvalidRequestError("a key name must be 1-128 characters")
+        for label, value in (("rpm", rpm), ("tpm", tpm), ("max_tokens", max_tokens)):
+            if value is not None and value <= 0:
+                raise InvalidRequestError(f"--{label.replace('_', '-')} must be positive")
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        row = ApiKey(
+            name=name,
+            key_hash=hash_secret(secret),
+            display_prefix=secret[:10],
+            models=models,
+            rpm=rpm,
+            tpm=tpm,
+            max_tokens=max_tokens,
+        )
+        try:
+            with self.session() as session:
+                session.add(row)
+        except IntegrityError:
+            raise InvalidRequestError(f"a key named {name!r} already exists") from None
+        return secret
+
+    def authenticate(self, secret: str | None) -> KeyInfo:
+        """The key a secret belongs to, or :class:`AuthenticationError` (missing, unknown, revoked)."""
+        if not secret:
+            raise AuthenticationError(
+                "missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key"
+            )
+        with self.session() as session:
+            row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_secret(secret)))
+            if row is None or row.revoked_at is not None:
+                raise AuthenticationError("invalid API key", code="invalid_api_key")
+            return KeyInfo.of(row)
+
+    def list_keys(self) -> list[KeyInfo]:
+        """Every key, oldest first."""
+        with self.session() as session:
+            return [KeyInfo.of(row) for row in session.scalars(select(ApiKey).order_by(ApiKey.id))]
+
+    def revoke_key(self, name: str) -> None:
+        """Revoke a key by name; its requests fail with 401 from then on."""
+        with self.session() as session:
+            row = session.scalar(select(ApiKey).where(ApiKey.name == name))
+            if row is None:
+                raise NotFoundError(f"no API key named {name!r}")
+            if row.revoked_at is None:
+                row.revoked_at = time.time()
+
+    # -- usage ---------------------------------------------------------------------------------
+
+    def record_usage(self, records: list[dict[str, Any]]) -> None:
+        """Append ledger rows (see :class:`UsageRecord` for the fields)."""
+        if records:
+            with self.session() as session:
+                session.add_all(UsageRecord(**record) for record in records)
+
+    def usage_summary(self, *, by: str = "key", since: float | None = None) -> list[dict[str, Any]]:
+        """Requests, errors, tokens and mean latency grouped by ``key`` or ``model``.
+
+        Example:
+            >>> store = MetadataStore("sqlite://")
+            >>> store.record_usage([{"key_name": "a", "model": "m", "endpoint": "chat", "status_code": 200,
+            ...                      "prompt_tokens": 3, "completion_tokens": 5}])
+            >>> store.usage_summary(by="model")[0]["total_tokens"]
+            8
+        """
+        column = {"key": UsageRecord.key_name, "model": UsageRecord.model}.get(by)
+        if column is None:
+            raise InvalidRequestError("--by must be 'key' or 'model'")
+        query = select(
+            column.label("group"),
+            func.count().label("requests"),
+            func.sum(case((UsageRecord.status_code >= 400, 1), else_=0)).label("errors"),
+            func.sum(UsageRecord.prompt_tokens).label("prompt_tokens"),
+            func.sum(UsageRecord.completion_tokens).label("completion_tokens"),
+            func.avg(UsageRecord.latency_ms).label("mean_latency_ms"),
+        ).group_by(column)
+        if since is not None:
+            query = query.where(UsageRecord.created_at >= since)
+        with self.session() as session:
+            rows = session.execute(query.order_by(column)).all()
+        return [
+            {
+                by: row.group,
+                "requests": row.requests,
+                "errors": int(row.errors or 0),
+                "prompt_tokens": int(row.prompt_tokens or 0),
+                "completion_tokens": int(row.completion_tokens or 0),
+                "total_tokens": int((row.prompt_tokens or 0) + (row.completion_tokens or 0)),
+                "mean_latency_ms": round(float(row.mean_latency_ms or 0), 1),
+            }
+            for row in rows
+        ]
+
+    # -- model versions ------------------------------------------------------------------------
+
+    def next_model_version(self, name: str) -> int:
+        """The version number the next registration of ``name`` gets."""
+        with self.session() as session:
+            latest = session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name))
+        return (latest or 0) + 1
+
+    def add_model_version(
+        self, name: str, version: int, uri: str, source: str, details: dict[str, Any]
+    ) -> None:
+        """Record ``name@version`` at ``uri``; a version is registered once."""
+        try:
+            with self.session() as session:
+                session.add(ModelVersion(name=name, version=version, uri=uri, source=source, details=details))
+        except IntegrityError:
+            raise InvalidRequestError(f"{name}@{version} is already registered") from None
+
+    def get_model_version(self, name: str, version: int | None = None) -> ModelVersion:
+        """A registered version (the latest when ``version`` is None)."""
+        query = select(ModelVersion).where(ModelVersion.name == name)
+        query = query.where(ModelVersion.version == version) if version else query
+        with self.session() as session:
+            row = session.scalar(query.order_by(ModelVersion.version.desc()).limit(1))
+        if row is None:
+            at = f"@{version}" if version else ""
+            raise NotFoundError(f"no registered model {name}{at}: see `raylane models list`")
+        return row
+
+    def list_model_versions(self) -> list[ModelVersion]:
+        """Every registered version, by name then version."""
+        with self.session() as session:
+            return list(
+                session.scalars(select(ModelVersion).order_by(ModelVersion.name, ModelVersion.version))
+            )
+
+
+def _engine_options(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        # Gateway replicas, jobs and the CLI share one file: wait for locks instead of failing.
+        return {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    return {"pool_pre_ping": True}

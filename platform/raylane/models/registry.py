@@ -1,0 +1,111 @@
+"""The model registry: ``name@version`` -> a Hugging Face model directory published in storage.
+
+Registering copies the model files into ``models/<name>`` under the storage root with an atomic
+publish and records the version in the metadata DB, so training jobs, the CLI and serving replicas
+on any node resolve the same name to the same files.
+
+Example:
+    >>> parse_model_ref("tiny@3")
+    ('tiny', 3)
+    >>> parse_model_ref("tiny")
+    ('tiny', None)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from raylane.db import MetadataStore
+from raylane.errors import InvalidRequestError, NotFoundError
+from raylane.storage import Storage
+
+MODELS_PREFIX = "models"
+LOCAL_CACHE = Path(os.environ.get("RAYLANE_MODEL_CACHE", "/tmp/raylane-models"))
+
+
+def parse_model_ref(ref: str) -> tuple[str, int | None]:
+    """Split ``name@version`` (version optional: latest)."""
+    name, _, version = ref.partition("@")
+    if not name:
+        raise InvalidRequestError(f"bad model reference {ref!r}: expected name or name@version")
+    if version and not version.isdigit():
+        raise InvalidRequestError(f"bad model version in {ref!r}: versions are numbers")
+    return name, int(version) if version else None
+
+
+def register(store: Storage, db: MetadataStore, name: str, source: str) -> tuple[int, str]:
+    """Copy a model directory (local path or storage URI) into storage and record a new version."""
+    if "@" in name or "/" in name or not name:
+        raise InvalidRequestError(f"bad model name {name!r}: no '@' or '/'")
+    src_fs, src_path = _source_location(store, source)
+    files = [i for i in src_fs.get_file_info(pafs.FileSelector(src_path, recursive=True)) if i.is_file]
+    if not any(i.base_name == "config.json" for i in files):
+        raise NotFoundError(f"{source} is not a model directory (no config.json)")
+    version = db.next_model_version(name)
+    with store.publish(f"{MODELS_PREFIX}/{name}", f"v{version}") as pub:
+        pafs.copy_files(
+            src_path, store.fs_path(pub.prefix), source_filesystem=src_fs, destination_filesystem=store.fs
+        )
+        pub.metadata.update({"source": source, "bytes": sum(i.size or 0 for i in files)})
+    uri = store.read_manifest(f"{MODELS_PREFIX}/{name}", f"v{version}")["data_uri"]
+    db.add_model_version(name, version, uri, source, {"files": len(files)})
+    return version, uri
+
+
+def _source_location(store: Storage, source: str) -> tuple[pafs.FileSystem, str]:
+    if source.startswith(("s3://", "file://")):
+        return store.resolve(source)
+    path = Path(source).expanduser().resolve()
+    if not path.is_dir():
+        raise NotFoundError(f"model directory not found: {source}")
+    return pafs.LocalFileSystem(), str(path)
+
+
+def resolve_local_path(store: Storage, db: MetadataStore, source: str) -> Path:
+    """A local directory vLLM can load for a model source: a path, an s3:// URI or ``name@version``.
+
+    Registry entries and S3 URIs on a remote root are downloaded once into a local cache.
+    """
+    if (
+        not source.startswith(("s3://", "file://"))
+        and "@" not in source
+        and Path(source).expanduser().is_dir()
+    ):
+        return Path(source).expanduser().resolve()
+    uri = source
+    cache_name = source.replace("/", "_").replace(":", "_")
+    if not source.startswith(("s3://", "file://")):
+        name, version = parse_model_ref(source)
+        row = db.get_model_version(name, version)
+        uri, cache_name = row.uri, f"{name}@{row.version}"
+    fs, path = store.resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        return Path(path)
+    target = LOCAL_CACHE / cache_name
+    if not (target / "config.json").exists():
+        partial = target.with_name(target.name + f".partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        pafs.copy_files(
+            path, str(partial), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
+        )
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
+    return target
+
+
+def list_models(db: MetadataStore) -> list[dict[str, Any]]:
+    """Registered versions as plain rows."""
+    return [
+        {
+            "model": f"{row.name}@{row.version}",
+            "uri": row.uri,
+            "source": row.source,
+            "created_at": row.created_at,
+        }
+        for row in db.list_model_versions()
+    ]

@@ -1,0 +1,90 @@
+"""The metadata store on a real SQLite file: keys hashed, revocation, usage summaries, model versions."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from raylane.db import MetadataStore, hash_secret
+from raylane.errors import AuthenticationError, InvalidRequestError, NotFoundError
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> MetadataStore:
+    return MetadataStore(f"sqlite:///{tmp_path / 'meta.db'}")
+
+
+def test_keys_are_stored_hashed_never_in_clear(store: MetadataStore, tmp_path: Path):
+    secret = store.create_key("alice", models=["tiny"], rpm=10, tpm=1000, max_tokens=64)
+    assert secret.startswith("rl-") and len(secret) > 40
+    dump = "\n".join(sqlite3.connect(tmp_path / "meta.db").iterdump())
+    assert secret not in dump
+    assert hash_secret(secret) in dump
+    key = store.authenticate(secret)
+    assert (key.name, key.models, key.rpm, key.tpm, key.max_tokens) == ("alice", ("tiny",), 10, 1000, 64)
+    assert key.allows("tiny") and not key.allows("other")
+
+
+def test_missing_wrong_and_revoked_keys_fail(store: MetadataStore):
+    secret = store.create_key("bob")
+    with pytest.raises(AuthenticationError, match="missing API key"):
+        store.authenticate(None)
+    with pytest.raises(AuthenticationError, match="invalid API key"):
+        store.authenticate(secret + "x")
+    store.revoke_key("bob")
+    with pytest.raises(AuthenticationError):
+        store.authenticate(secret)
+    assert store.list_keys()[0].revoked_at is not None
+    with pytest.raises(NotFoundError):
+        store.revoke_key("nobody")
+
+
+def test_duplicate_names_and_bad_limits_are_rejected(store: MetadataStore):
+    store.create_key("carol")
+    with pytest.raises(InvalidRequestError, match="already exists"):
+        store.create_key("carol")
+    with pytest.raises(InvalidRequestError, match="--rpm must be positive"):
+        store.create_key("dave", rpm=0)
+
+
+def test_usage_summary_groups_and_filters(store: MetadataStore):
+    now = time.time()
+    store.record_usage(
+        [
+            {"key_name": "a", "model": "m1", "endpoint": "chat", "status_code": 200, "prompt_tokens": 5,
+             "completion_tokens": 7, "latency_ms": 10, "created_at": now - 7200},
+            {"key_name": "a", "model": "m2", "endpoint": "chat", "status_code": 429, "latency_ms": 1,
+             "created_at": now},
+            {"key_name": "b", "model": "m1", "endpoint": "completions", "status_code": 200,
+             "prompt_tokens": 1,
+             "completion_tokens": 2, "latency_ms": 30, "created_at": now},
+        ]
+    )  # fmt: skip
+    by_key = {row["key"]: row for row in store.usage_summary(by="key")}
+    assert by_key["a"]["requests"] == 2 and by_key["a"]["errors"] == 1 and by_key["a"]["total_tokens"] == 12
+    by_model = {row["model"]: row for row in store.usage_summary(by="model", since=now - 60)}
+    assert by_model["m1"]["requests"] == 1 and by_model["m1"]["mean_latency_ms"] == 30
+    with pytest.raises(InvalidRequestError):
+        store.usage_summary(by="color")
+
+
+def test_model_versions_count_up(store: MetadataStore):
+    assert store.next_model_version("tiny") == 1
+    store.add_model_version("tiny", 1, "file:///a", "/src", {})
+    store.add_model_version("tiny", 2, "file:///b", "/src", {})
+    assert store.get_model_version("tiny").uri == "file:///b"
+    assert store.get_model_version("tiny", 1).uri == "file:///a"
+    with pytest.raises(InvalidRequestError):
+        store.add_model_version("tiny", 2, "file:///c", "/src", {})
+    with pytest.raises(NotFoundError, match="no registered model tiny@9"):
+        store.get_model_version("tiny", 9)
+
+
+def test_bad_database_url_is_a_config_error():
+    from raylane.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="database.url"):
+        MetadataStore("nosuchdriver://x")
