@@ -109,7 +109,7 @@ def status(config_path: ConfigOption = None, as_json: JsonOption = False) -> Non
     out.print(f"cluster     {dashboard}  ({summary['nodes']} node(s))")
     out.print(f"storage     {config.storage.root}")
     if record:
-        out.print(f"head        pid {record.pid}, {report['head_memory_mib']} MiB resident")
+        out.print(f"head        pid {record.pid}, {report['head_memory_mib']} MiB memory (PSS)")
     resources = Table("resource", "used", "total", box=None, pad_edge=False)
     for name, amount in sorted(summary["resources"].items()):
         resources.add_row(name, _fmt_amount(name, amount["used"]), _fmt_amount(name, amount["total"]))
