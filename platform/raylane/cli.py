@@ -91,7 +91,7 @@ def status(config_path: ConfigOption = None, as_json: JsonOption = False) -> Non
 
     jobs = [
         {"id": j.submission_id, "status": status_text(j.status), "entrypoint": j.entrypoint}
-        for j in job_client(config, dashboard).list_jobs()
+        for j in job_client(dashboard).list_jobs()
         if j.submission_id and status_text(j.status) in {"PENDING", "RUNNING"}
     ]
     apps = _serve_apps(dashboard)
@@ -153,7 +153,7 @@ def submit(
     job_id = submission.submit(config, dashboard, job_config, spec)
     print(job_id, flush=True)
     if wait:
-        client = submission.job_client(config, dashboard)
+        client = submission.job_client(dashboard)
         final = submission.follow_logs(client, job_id, lambda chunk: print(chunk, end="", flush=True))
         if final != "SUCCEEDED":
             raise JobError(f"job {job_id} {final.lower()}: see `raylane jobs logs {job_id}`")
@@ -175,7 +175,7 @@ def jobs_list(config_path: ConfigOption = None, as_json: JsonOption = False) -> 
             "end": fmt_time(job.end_time / 1000 if job.end_time else None),
             "entrypoint": job.entrypoint,
         }
-        for job in sorted(job_client(config, dashboard).list_jobs(), key=lambda j: -(j.start_time or 0))
+        for job in sorted(job_client(dashboard).list_jobs(), key=lambda j: -(j.start_time or 0))
         if job.submission_id  # drivers connected with ray.init are not jobs users submitted
     ]
     if as_json:
@@ -197,7 +197,7 @@ def jobs_logs(
     from raylane.submit import follow_logs, get_job, job_client
 
     config = load(config_path)
-    client = job_client(config, cluster.require_cluster(config))
+    client = job_client(cluster.require_cluster(config))
     get_job(client, job_id)
     if follow:
         follow_logs(client, job_id, lambda chunk: print(chunk, end="", flush=True))
@@ -214,7 +214,7 @@ def jobs_stop(
     from raylane.submit import get_job, job_client
 
     config = load(config_path)
-    client = job_client(config, cluster.require_cluster(config))
+    client = job_client(cluster.require_cluster(config))
     get_job(client, job_id)
     stopped = client.stop_job(job_id)
     out.print(f"job {job_id} {'stopping' if stopped else 'was not running'}")

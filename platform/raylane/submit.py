@@ -101,7 +101,7 @@ def _stage_working_dir(spec_path: Path) -> Path:
     return staging
 
 
-def job_client(config: RaylaneConfig, dashboard: str) -> Any:
+def job_client(dashboard: str) -> Any:
     """A Ray ``JobSubmissionClient`` for the cluster (token auth comes from the environment)."""
     from ray.job_submission import JobSubmissionClient
 
@@ -122,7 +122,7 @@ def submit(config: RaylaneConfig, dashboard: str, spec_path: Path, spec: JobSpec
         job_id = (
             f"{spec.name or 'raylane-' + spec.job}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         )
-        return job_client(config, dashboard).submit_job(
+        return job_client(dashboard).submit_job(
             entrypoint=spec.entrypoint("job.yaml"),
             submission_id=job_id,
             runtime_env=runtime_env,
