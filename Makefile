@@ -26,6 +26,10 @@ setup:
 demo: $(BIN)/raylane
 	$(BIN)/raylane up
 	$(BIN)/raylane submit jobs/smoke.yaml --wait
+	test -f .raylane/models/tiny/config.json || $(BIN)/raylane models make-tiny .raylane/models/tiny
+	$(BIN)/raylane serve deploy jobs/serve.yaml
+	test -s .raylane/state/demo-key || (umask 077; $(BIN)/raylane keys create demo > .raylane/state/demo-key)
+	$(BIN)/python examples/chat.py --base-url "$$($(BIN)/raylane serve status --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["base_url"])')" --api-key "$$(cat .raylane/state/demo-key)"
 	$(BIN)/raylane status
 
 test: $(BIN)/raylane
@@ -35,8 +39,8 @@ unit: $(BIN)/raylane
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: $(BIN)/raylane
-	$(BIN)/ruff check platform jobs tests bench
-	$(BIN)/ruff format --check platform jobs tests bench
+	$(BIN)/ruff check platform jobs tests bench examples
+	$(BIN)/ruff format --check platform jobs tests bench examples
 
 bench: $(BIN)/raylane
 	for b in bench/*.py; do $(BIN)/python $$b --quick || exit 1; done

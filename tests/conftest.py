@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -226,6 +227,23 @@ def ray_project(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -
         raise RuntimeError(f"raylane up failed: {result.stdout}\n{result.stderr}")
     yield project
     stop_project(project)
+
+
+def head_sockets(project: RayProject) -> list[tuple[str, int]]:
+    record = json.loads((project.path / ".raylane" / "state" / "head.json").read_text())
+    listening = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) != record["session_id"]:
+                continue
+            listening += [
+                (c.laddr.ip, c.laddr.port)
+                for c in proc.net_connections("inet")
+                if c.status == psutil.CONN_LISTEN
+            ]
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return listening
 
 
 def http_get(url: str, token: str | None = None, timeout: float = 10) -> tuple[int, bytes]:

@@ -23,7 +23,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from raylane import cli_metadata, cluster
+from raylane import cli_metadata, cli_serve, cluster
 from raylane.cli_common import ConfigOption, JsonOption, err, fmt_time, load, out
 from raylane.config import RaylaneConfig, json_schema, load_config
 from raylane.errors import JobError, RaylaneError
@@ -41,6 +41,7 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(config_app, name="config")
 app.add_typer(cli_metadata.keys_app, name="keys")
 app.add_typer(cli_metadata.models_app, name="models")
+app.add_typer(cli_serve.serve_app, name="serve")
 app.command("usage")(cli_metadata.usage)
 
 

@@ -292,6 +292,8 @@ def head_environment(config: RaylaneConfig) -> dict[str, str]:
     # Jobs submitted without raylane (plain `ray job submit`) inherit the cluster's own config;
     # `raylane submit` replaces it with the submitter's through the job's runtime_env.
     env["RAYLANE_CONFIG_JSON"] = json.dumps(config.job_dict())
+    if config.ray.serve_throughput_optimized:
+        env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     return env
 
 

@@ -81,6 +81,11 @@ class RayConfig(_Model):
         "`raylane up`. For a remote cluster, point it at that cluster's token.",
     )
     start_timeout_s: float = Field(90, gt=0, description="How long `raylane up` waits for the head.")
+    serve_throughput_optimized: bool = Field(
+        False,
+        description="Start the head with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (gRPC between Serve's proxy and "
+        "replicas, direct-ingress ports on 127.0.0.1, user code on the replica's main loop).",
+    )
 
 
 class S3Config(_Model):
@@ -164,6 +169,9 @@ class ModelConfig(_Model):
     num_gpus: float = Field(0, ge=0, description="GPUs per replica; fractions share a GPU.")
     num_cpus: float = Field(1, ge=0, description="Logical CPUs per replica.")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Passed to vLLM's engine args.")
+    cpu_kv_cache_gb: float = Field(
+        1.0, gt=0, description="CPU engines: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)."
+    )
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig, description="Replica scaling.")
 
 
@@ -172,6 +180,24 @@ class ServeConfig(_Model):
 
     app_name: str = Field("raylane", description="Ray Serve application name.")
     route_prefix: str = Field("/", description="Route prefix of the OpenAI-compatible API.")
+    public_url: str | None = Field(
+        None,
+        description="Base URL clients use (remote clusters: your load balancer). Unset: the local head's.",
+    )
+    deploy_timeout_s: float = Field(900, gt=0, description="How long `serve deploy` waits for RUNNING.")
+    max_ongoing_requests: int = Field(
+        256, gt=0, description="Requests one replica takes at once (vLLM batches them; queueing beyond)."
+    )
+    key_cache_ttl_s: float = Field(
+        5.0, ge=0, description="Seconds a replica trusts a looked-up API key; a revocation applies within it."
+    )
+    usage_flush_interval_s: float = Field(
+        1.0, gt=0, description="Seconds between batched writes of the usage ledger."
+    )
+    max_request_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest JSON request body accepted.")
+    stream_batching_interval_ms: float = Field(
+        10, ge=0, description="Multi-model router only: how long a stream chunk may wait to be batched."
+    )
 
 
 class BatchConfig(_Model):
@@ -213,6 +239,10 @@ class RaylaneConfig(_Model):
             self.storage.root = _resolve(project, Path(self.storage.root)).as_uri()
         if not self.database.url:
             self.database.url = f"sqlite:///{self.state_dir / 'raylane.db'}"
+        for model in self.models:
+            # Paths are relative to the project (replicas run elsewhere); bare names are registry refs.
+            if "://" not in model.source and ("/" in model.source or model.source.startswith("~")):
+                model.source = str(_resolve(project, Path(model.source)))
         if self.ray.auth_token_path:
             self.ray.auth_token_path = _resolve(project, self.ray.auth_token_path)
         if self.ray.temp_dir:
@@ -423,3 +453,27 @@ def json_schema() -> dict[str, Any]:
     schema["properties"].pop("project_dir", None)
     schema["title"] = "raylane.yaml"
     return schema
+
+
+def load_serving_config(args: RaylaneConfig | Mapping[str, Any] | None = None) -> RaylaneConfig:
+    """The config a Serve application runs with: ``build_app``'s args over the cluster's own config.
+
+    ``args`` is what `raylane serve deploy` sends (the submitter's whole config, secrets removed),
+    or what a plain Serve YAML gives (``config_path: raylane.yaml``, or just a ``models:`` list),
+    merged over the config `raylane up` put into the cluster's environment. The usual ``RAYLANE_*``
+    environment overrides (secrets such as ``RAYLANE_DATABASE__URL``) apply last.
+
+    Example:
+        >>> cfg = load_serving_config({"models": [{"name": "tiny", "source": "/models/tiny"}]})
+        >>> cfg.models[0].name
+        'tiny'
+    """
+    if isinstance(args, RaylaneConfig):
+        return args
+    data = dict(args or {})
+    if config_path := data.pop("config_path", None):
+        return load_config(config_path)
+    cluster_config = os.environ.get("RAYLANE_CONFIG_JSON")
+    merged = _merge(json.loads(cluster_config) if cluster_config else {}, data)
+    merged.setdefault("project_dir", str(Path.cwd()))
+    return load_config(None, env={**os.environ, "RAYLANE_CONFIG_JSON": json.dumps(merged)})

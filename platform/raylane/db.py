@@ -37,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 from raylane.errors import AuthenticationError, ConfigError, InvalidRequestError, NotFoundError, RaylaneError
 
@@ -311,6 +312,9 @@ class MetadataStore:
 
 
 def _engine_options(url: str) -> dict[str, Any]:
+    if url in ("sqlite://", "sqlite:///:memory:"):
+        # One in-memory DB shared by every thread (each new connection would be a new, empty DB).
+        return {"connect_args": {"check_same_thread": False}, "poolclass": StaticPool}
     if url.startswith("sqlite"):
         # Gateway replicas, jobs and the CLI share one file: wait for locks instead of failing.
         return {"connect_args": {"timeout": 30, "check_same_thread": False}}

@@ -7,6 +7,7 @@ RaylaneError                      exit 1   HTTP 500  server_error
 ├── AuthenticationError           exit 1   HTTP 401  authentication_error
 ├── PermissionDeniedError         exit 1   HTTP 403  permission_error
 ├── NotFoundError                 exit 1   HTTP 404  not_found_error
+├── PayloadTooLargeError          exit 2   HTTP 413  invalid_request_error
 ├── RateLimitError                exit 1   HTTP 429  rate_limit_error
 ├── StorageError                  exit 1   HTTP 502  storage_error
 ├── ClusterError                  exit 1   HTTP 503  cluster_error
@@ -89,6 +90,14 @@ class NotFoundError(RaylaneError):
 
     http_status = 404
     error_type = "not_found_error"
+
+
+class PayloadTooLargeError(RaylaneError):
+    """A request body or upload is larger than the configured limit."""
+
+    exit_code = 2
+    http_status = 413
+    error_type = "invalid_request_error"
 
 
 class RateLimitError(RaylaneError):

@@ -8,26 +8,9 @@ import os
 import psutil
 import pytest
 
-from tests.conftest import RayProject, http_get, make_project, stop_project
+from tests.conftest import RayProject, head_sockets, http_get, make_project, stop_project
 
 pytestmark = pytest.mark.integration
-
-
-def head_sockets(project: RayProject) -> list[tuple[str, int]]:
-    record = json.loads((project.path / ".raylane" / "state" / "head.json").read_text())
-    listening = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getsid(proc.pid) != record["session_id"]:
-                continue
-            listening += [
-                (c.laddr.ip, c.laddr.port)
-                for c in proc.net_connections("inet")
-                if c.status == psutil.CONN_LISTEN
-            ]
-        except (psutil.Error, ProcessLookupError):
-            continue
-    return listening
 
 
 def test_every_port_of_the_head_is_loopback(ray_project: RayProject):

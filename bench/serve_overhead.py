@@ -1,0 +1,343 @@
+"""Serving overhead: raylane's gateway vs vLLM's own OpenAI server vs Ray's stock build_openai_app.
+
+One run, same tiny model and engine settings, same workload against each target:
+streaming chat completions (N requests at concurrency C, max_tokens 32, ignore_eos), measuring
+req/s, output tok/s, p50/p99 latency and time to first token, and each target's start-to-ready time.
+
+Targets, in order (each stopped before the next starts, so they never share the 2 cores):
+  vllm      python -m vllm.entrypoints.openai.api_server (the baseline, ratio 1.0)
+  ray       ray.serve.llm.build_openai_app on a raylane cluster (no auth)
+  raylane   `raylane serve deploy` with a key (auth, limits lookup, usage ledger on), at the URL it prints
+  raylane-2models / raylane-2replicas   the multi-model router, and one model with two replicas
+
+Ends with one line: `serve_overhead: ratio=<raylane/vllm req/s> target=0.7 ...`.
+
+    .venv/bin/python bench/serve_overhead.py            # 400 requests, c16, two repeats, all targets
+    .venv/bin/python bench/serve_overhead.py --quick    # 100 requests, one repeat, vllm + raylane only
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+BIN = Path(sys.executable).parent
+ENGINE = {"dtype": "float32", "max_model_len": 512, "enforce_eager": True}
+ENV = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
+for leaky in (
+    "RAY_ADDRESS",
+    "RAYLANE_CONFIG",
+    "RAYLANE_CONFIG_JSON",
+    "RAY_AUTH_TOKEN",
+    "RAY_AUTH_TOKEN_PATH",
+):
+    ENV.pop(leaky, None)
+
+
+@dataclass
+class Result:
+    target: str
+    repeat: int
+    ready_s: float
+    requests: int
+    failed: int
+    wall_s: float
+    output_tokens: int
+    latencies: list[float]
+    ttfts: list[float]
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.wall_s
+
+    @property
+    def tok_s(self) -> float:
+        return self.output_tokens / self.wall_s
+
+    def pct(self, values: list[float], q: float) -> float:
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def one_request(
+    client: httpx.AsyncClient, url: str, headers: dict, model: str
+) -> tuple[float, float, int]:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Write a function that adds two numbers."}],
+        "max_tokens": 32,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    started = time.perf_counter()
+    first = None
+    tokens = 0
+    async with client.stream("POST", url, json=body, headers=headers) as response:
+        if response.status_code != 200:
+            await response.aread()
+            raise RuntimeError(f"{response.status_code}: {response.text[:200]}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if first is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                first = time.perf_counter()
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    end = time.perf_counter()
+    return end - started, (first or end) - started, tokens
+
+
+async def drive(base_url: str, key: str | None, model: str, n: int, concurrency: int) -> tuple:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    latencies, ttfts, tokens, failed = [], [], 0, 0
+    queue = iter(range(n))
+
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+
+        async def worker() -> None:
+            nonlocal tokens, failed
+            for _ in queue:
+                try:
+                    latency, ttft, count = await one_request(
+                        client, f"{base_url}/chat/completions", headers, model
+                    )
+                except Exception as exc:  # noqa: BLE001 - counted and reported
+                    failed += 1
+                    print(f"  request failed: {exc}", file=sys.stderr)
+                    continue
+                latencies.append(latency)
+                ttfts.append(ttft)
+                tokens += count
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - started, latencies, ttfts, tokens, failed
+
+
+def measure(
+    target: str, base_url: str, key: str | None, ready_s: float, args, model: str = "tiny"
+) -> list[Result]:
+    asyncio.run(drive(base_url, key, model, min(32, args.requests), args.concurrency))  # warm-up
+    results = []
+    for repeat in range(1, args.repeats + 1):
+        wall, lat, ttft, tokens, failed = asyncio.run(
+            drive(base_url, key, model, args.requests, args.concurrency)
+        )
+        results.append(Result(target, repeat, ready_s, len(lat), failed, wall, tokens, lat, ttft))
+        print(f"  {target} #{repeat}: {len(lat) / wall:.1f} req/s, {failed} failed", file=sys.stderr)
+    return results
+
+
+def wait_ready(url: str, deadline_s: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} not ready after {deadline_s}s")
+
+
+def bench_vllm(model_dir: Path, workdir: Path, args) -> list[Result]:
+    port = free_port()
+    command = [
+        str(BIN / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+        "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+        "--max-model-len", "512", "--enforce-eager", "--disable-log-requests",
+    ]  # fmt: skip
+    log = open(workdir / "vllm.log", "wb")  # noqa: SIM115 - closed below
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/v1/models", 600, proc)
+        ready = time.perf_counter() - started
+        return measure("vllm", f"http://127.0.0.1:{port}/v1", None, ready, args)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+        log.close()
+
+
+class Cluster:
+    """A raylane project with its own head, for the Ray and raylane targets."""
+
+    def __init__(self, workdir: Path, throughput_optimized: bool) -> None:
+        self.dir = workdir / "project"
+        self.dir.mkdir()
+        names = ["gcs", "dashboard", "serve_http", "metrics_export", "client_server", "dashboard_agent"]
+        self.config = {
+            "ray": {
+                "ports": {name: free_port() for name in names},
+                "num_cpus": 2,
+                "object_store_memory": 200 * 1024 * 1024,
+                "temp_dir": tempfile.mkdtemp(prefix="rl-bench-", dir="/tmp"),
+                "serve_throughput_optimized": throughput_optimized,
+            }
+        }
+        (self.dir / "raylane.yaml").write_text(yaml.safe_dump(self.config))
+
+    def cli(self, *args: str, config: Path | None = None) -> str:
+        command = [str(BIN / "raylane"), *args] + (["--config", str(config)] if config else [])
+        done = subprocess.run(command, cwd=self.dir, env=ENV, capture_output=True, text=True, timeout=1200)
+        if done.returncode != 0:
+            raise RuntimeError(f"raylane {' '.join(args)}: {done.stderr.strip().splitlines()[-1:]}")
+        return done.stdout
+
+    @property
+    def serve_url(self) -> str:
+        return f"http://127.0.0.1:{self.config['ray']['ports']['serve_http']}"
+
+    def serve_config(self, name: str, models: list[dict]) -> Path:
+        path = self.dir / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"models": models}))
+        return path
+
+
+def bench_ray_stock(cluster: Cluster, model_dir: Path, args) -> list[Result]:
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    from raylane.cluster import apply_ray_env
+    from raylane.config import load_config
+
+    apply_ray_env(load_config(cluster.dir / "raylane.yaml"))
+    client = ServeSubmissionClient(f"http://127.0.0.1:{cluster.config['ray']['ports']['dashboard']}")
+    llm_config = {
+        "model_loading_config": {"model_id": "tiny", "model_source": str(model_dir)},
+        "accelerator_config": {"kind": "cpu"},
+        "placement_group_config": {"bundle_per_worker": {"CPU": 1}},
+        "engine_kwargs": ENGINE,
+        "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
+        "deployment_config": {"ray_actor_options": {"num_cpus": 0}},
+    }
+    app = {
+        "name": "stock",
+        "route_prefix": "/",
+        "import_path": "ray.serve.llm:build_openai_app",
+        "args": {
+            "llm_configs": [llm_config],
+            "ingress_deployment_config": {"ray_actor_options": {"num_cpus": 0}},
+        },
+    }
+    http = {"host": "127.0.0.1", "port": cluster.config["ray"]["ports"]["serve_http"]}
+    started = time.perf_counter()
+    client.deploy_applications({"http_options": http, "applications": [app]})
+    try:
+        wait_ready(f"{cluster.serve_url}/v1/models", 900)
+        ready = time.perf_counter() - started
+        return measure("ray", f"{cluster.serve_url}/v1", None, ready, args)
+    finally:
+        client.deploy_applications({"http_options": http, "applications": []})
+        time.sleep(10)  # let the engine's processes exit before the next target starts
+
+
+def bench_raylane(cluster: Cluster, target: str, models: list[dict], args, key: str) -> list[Result]:
+    config = cluster.serve_config(target, models)
+    started = time.perf_counter()
+    base_url = cluster.cli("serve", "deploy", str(config)).strip().splitlines()[-1]
+    ready = time.perf_counter() - started
+    try:
+        return measure(target, base_url, key, ready, args)
+    finally:
+        cluster.cli("serve", "delete")
+        time.sleep(10)
+
+
+def report(results: list[Result]) -> None:
+    base = [r for r in results if r.target == "vllm"]
+    base_rps = statistics.mean(r.rps for r in base)
+    base_ttft = statistics.mean(r.pct(r.ttfts, 0.5) for r in base)
+    header = f"{'target':18} {'#':>2} {'ready_s':>8} {'req/s':>7} {'tok/s':>7} {'p50_ms':>7} {'p99_ms':>7}"
+    header += f" {'ttft50':>7} {'ttft99':>7} {'fail':>4} {'x_rps':>6} {'x_ttft':>6}"
+    print(header)
+    for r in results:
+        print(
+            f"{r.target:18} {r.repeat:>2} {r.ready_s:8.1f} {r.rps:7.1f} {r.tok_s:7.0f} "
+            f"{r.pct(r.latencies, 0.5):7.0f} {r.pct(r.latencies, 0.99):7.0f} {r.pct(r.ttfts, 0.5):7.0f} "
+            f"{r.pct(r.ttfts, 0.99):7.0f} {r.failed:>4} {r.rps / base_rps:6.2f} "
+            f"{r.pct(r.ttfts, 0.5) / base_ttft:6.2f}"
+        )
+
+    def mean_ratio(target: str) -> tuple[float, float]:
+        rows = [r for r in results if r.target == target]
+        if not rows:
+            return float("nan"), float("nan")
+        return (
+            statistics.mean(r.rps for r in rows) / base_rps,
+            statistics.mean(r.pct(r.ttfts, 0.5) for r in rows) / base_ttft,
+        )
+
+    ratio, ttft = mean_ratio("raylane")
+    extras = " ".join(
+        f"{name}_ratio={mean_ratio(name)[0]:.2f}" for name in ("ray", "raylane-2models", "raylane-2replicas")
+    )
+    print(f"serve_overhead: ratio={ratio:.2f} target=0.7 ttft_p50_ratio={ttft:.2f} ttft_target=2.0 {extras}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100 requests, one repeat, vllm + raylane only")
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--throughput-optimized",
+        action="store_true",
+        help="start the cluster with RAY_SERVE_THROUGHPUT_OPTIMIZED=1",
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.requests, args.repeats = 100, 1
+
+    from raylane.models.tiny import make_tiny_model
+
+    workdir = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    model_dir = make_tiny_model(workdir / "tiny")
+    tiny = {"name": "tiny", "source": str(model_dir), "num_cpus": 1, "engine_kwargs": ENGINE}
+    results = bench_vllm(model_dir, workdir, args)
+    cluster = Cluster(workdir, args.throughput_optimized)
+    cluster.cli("up")
+    try:
+        key = cluster.cli("keys", "create", "bench").strip()
+        results += bench_raylane(cluster, "raylane", [tiny], args, key)
+        if not args.quick:
+            results += bench_ray_stock(cluster, model_dir, args)
+            half = {**tiny, "num_cpus": 0.5}
+            results += bench_raylane(
+                cluster, "raylane-2models", [half, {**half, "name": "tiny-b"}], args, key
+            )
+            two = {**half, "autoscaling": {"min_replicas": 2, "max_replicas": 2}}
+            results += bench_raylane(cluster, "raylane-2replicas", [two], args, key)
+    finally:
+        cluster.cli("down")
+    report(results)
+
+
+if __name__ == "__main__":
+    main()

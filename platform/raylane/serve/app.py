@@ -1,0 +1,109 @@
+"""``build_app``: the one Serve application behind raylane's OpenAI-compatible base URL.
+
+Two shapes, chosen by how many models the config serves (both behind the same Gateway):
+
+* **one model**: the model's own replica is the ingress. It serves vLLM's OpenAI app in-process
+  with the Gateway in front (one process hop from the HTTP proxy, none more), and Serve spreads
+  requests over its replicas.
+* **several models**: Ray's ``OpenAiIngress`` (``make_fastapi_ingress``) with the Gateway as its
+  middleware routes each request by its ``model`` field to that model's engine deployment over a
+  Serve handle: one hop more, for any number of models and replicas.
+
+Deploy it with `raylane serve deploy`, or with plain Serve:
+
+    applications:
+      - name: raylane
+        import_path: raylane.serve:build_app
+        args: {config_path: /path/to/raylane.yaml}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve.llm import build_llm_deployment
+
+from raylane.config import ModelConfig, RaylaneConfig, load_serving_config
+from raylane.errors import ConfigError
+from raylane.serve.engines import ModelServer, llm_config_for, resolve_model_source
+from raylane.serve.gateway import Gateway
+from raylane.serve.hardening import bind_replica_grpc_to_node_ip
+
+DEPLOYMENT_PREFIX = "raylane:"
+
+
+def build_app(args: RaylaneConfig | dict[str, Any] | None = None) -> Any:
+    """The Serve application for every model in the config (see the module docstring).
+
+    Example (on a cluster; `raylane serve deploy` does this through Serve's REST API):
+        >>> from ray import serve                                           # doctest: +SKIP
+        >>> serve.run(build_app({"config_path": "raylane.yaml"}))           # doctest: +SKIP
+    """
+    config = load_serving_config(args)
+    if not config.models:
+        raise ConfigError("no models to serve: add `models:` to raylane.yaml or pass --model NAME=SOURCE")
+    names = [m.name for m in config.models]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"models: duplicate model names in {names}")
+    shared = config.job_dict()
+    if len(config.models) == 1:
+        return _model_deployment(config, config.models[0], shared, ingress=True)[0]
+    return _router(config, shared)
+
+
+def _model_deployment(
+    config: RaylaneConfig, model: ModelConfig, shared: dict[str, Any], *, ingress: bool
+) -> tuple[Any, Any]:
+    """One model's engine deployment and its LLMConfig."""
+    # Resolved here too: Ray reads the model's config.json while building the deployment.
+    llm_config = llm_config_for(model, config, resolve_model_source(config, model.source))
+    deployment = build_llm_deployment(
+        llm_config,
+        name_prefix=DEPLOYMENT_PREFIX,
+        deployment_cls=serve.ingress()(ModelServer) if ingress else ModelServer,
+        bind_kwargs={"raylane_config": shared, "source": model.source, "gateway": ingress},
+    )
+    return deployment, llm_config
+
+
+def _router(config: RaylaneConfig, shared: dict[str, Any]) -> Any:
+    from fastapi import FastAPI
+    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+    from ray.llm._internal.serve.core.ingress.middleware import (
+        SetRequestIdMiddleware,
+        add_exception_handling_middleware,
+    )
+    from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
+
+    class Router(OpenAiIngress):
+        """Ray's OpenAI router, with Serve's internal gRPC server kept on the node IP."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            bind_replica_grpc_to_node_ip()
+            super().__init__(*args, **kwargs)
+
+    deployments = {}
+    cards = {}
+    for model in config.models:
+        deployments[model.name], llm_config = _model_deployment(config, model, shared, ingress=False)
+        cards[model.name] = to_model_metadata(model.name, llm_config)
+
+    app = FastAPI(title="raylane", description="OpenAI-compatible API over every model raylane serves.")
+    # Ray's handlers turn engine errors (bad max_tokens, empty messages) into OpenAI-style 4xx bodies.
+    # Middleware runs last-added first: the Gateway goes on last so it sees every request first.
+    add_exception_handling_middleware(app)
+    app.add_middleware(SetRequestIdMiddleware)
+    app.add_middleware(Gateway, config=shared)
+
+    @app.get("/health", include_in_schema=False)
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    options = Router.get_deployment_options()
+    options["max_ongoing_requests"] = config.serve.max_ongoing_requests
+    options["ray_actor_options"] = {"num_cpus": 0}  # routing is I/O; the engines hold the CPUs
+    if all(m.autoscaling.min_replicas == 0 for m in config.models):
+        options.setdefault("autoscaling_config", {})["min_replicas"] = 0
+    ingress = serve.deployment(make_fastapi_ingress(Router, app=app), name=f"{DEPLOYMENT_PREFIX}router")
+    return ingress.options(**options).bind(llm_deployments=deployments, model_cards=cards)

@@ -1,0 +1,68 @@
+"""One model's engine deployment: Ray's ``LLMServer`` (vLLM in-process), told where its files are.
+
+raylane maps each ``models:`` entry of raylane.yaml to a ``ray.serve.llm.LLMConfig`` and reuses
+Ray's vLLM wrapper as is; :class:`ModelServer` only adds two things:
+
+* the model source is resolved on the replica's own node (a path, an ``s3://`` URI, or a registry
+  ``name@version`` downloaded once into a local cache), so replicas on any node load the same files;
+* with ``gateway=True`` the replica is the application's ingress and serves vLLM's own OpenAI app
+  behind the raylane Gateway, in one process: the one-hop fast path.
+
+The mapping from ``models:`` entries to ``LLMConfig`` fields is :mod:`raylane.serve.options`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ray.serve.llm import LLMConfig, LLMServer
+
+from raylane.config import ModelConfig, RaylaneConfig, load_serving_config
+from raylane.serve.gateway import Gateway
+from raylane.serve.hardening import bind_replica_grpc_to_node_ip
+from raylane.serve.options import engine_settings
+
+
+def llm_config_for(model: ModelConfig, config: RaylaneConfig, local_path: str) -> LLMConfig:
+    """The ``ray.serve.llm.LLMConfig`` of one configured model, loading from ``local_path``."""
+    settings = engine_settings(
+        model,
+        max_ongoing_requests=config.serve.max_ongoing_requests,
+        stream_batching_ms=config.serve.stream_batching_interval_ms,
+    )
+    return LLMConfig(model_loading_config={"model_id": model.name, "model_source": local_path}, **settings)
+
+
+def resolve_model_source(config: RaylaneConfig, source: str) -> str:
+    """A local directory for a model source, downloaded into this node's cache when remote."""
+    from raylane.db import MetadataStore
+    from raylane.models.registry import resolve_local_path
+    from raylane.storage import Storage
+
+    return str(resolve_local_path(Storage.from_config(config), MetadataStore.from_config(config), source))
+
+
+class ModelServer(LLMServer):
+    """Ray's LLMServer, with the model files resolved on this node and, as ingress, the Gateway."""
+
+    async def __init__(
+        self, llm_config: LLMConfig, *, raylane_config: dict[str, Any], source: str, gateway: bool
+    ):
+        bind_replica_grpc_to_node_ip()
+        config = load_serving_config(raylane_config)
+        local_path = await asyncio.to_thread(resolve_model_source, config, source)
+        llm_config = llm_config.model_copy(deep=True)
+        llm_config.model_loading_config.model_source = local_path
+        self._raylane_config = raylane_config
+        self._gateway = gateway
+        await super().__init__(llm_config)
+
+    async def __serve_build_asgi_app__(self) -> Any:
+        app = await super().__serve_build_asgi_app__()
+        if self._gateway:
+            # vLLM's build_app builds its middleware stack eagerly; reset it so Starlette rebuilds
+            # it with the Gateway outermost (Ray's LLMServer does the same for its own middleware).
+            app.middleware_stack = None
+            app.add_middleware(Gateway, config=self._raylane_config)
+        return app

@@ -1,0 +1,67 @@
+"""The usage ledger's writer: requests are recorded in memory and written to the DB in batches.
+
+One INSERT per request would put the database on every request's path; instead a background task
+flushes what accumulated every ``interval_s`` (and whatever is left when the server stops). A
+failed write keeps the records for the next attempt, so a short DB outage loses nothing.
+
+Example:
+    >>> import asyncio
+    >>> from raylane.db import MetadataStore
+    >>> store = MetadataStore("sqlite://")
+    >>> ledger = UsageLedger(store, interval_s=0.01)
+    >>> ledger.record({"key_name": "a", "model": "m", "endpoint": "chat", "status_code": 200})
+    >>> asyncio.run(ledger.flush())
+    1
+    >>> store.usage_summary()[0]["requests"]
+    1
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from raylane.db import MetadataStore
+
+logger = logging.getLogger(__name__)
+MAX_PENDING = 100_000  # beyond this (a DB down for a long time) the oldest records are dropped
+
+
+class UsageLedger:
+    """Buffers usage records and writes them in batches."""
+
+    def __init__(self, store: MetadataStore, *, interval_s: float = 1.0) -> None:
+        self._store = store
+        self._interval_s = interval_s
+        self._pending: list[dict[str, Any]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def record(self, row: dict[str, Any]) -> None:
+        """Queue one ledger row (the fields of :class:`raylane.db.UsageRecord`)."""
+        self._pending.append(row)
+        if len(self._pending) > MAX_PENDING:
+            del self._pending[: len(self._pending) - MAX_PENDING]
+        if self._task is None or self._task.done():
+            # Without a running loop (a sync caller) the next flush() writes it.
+            with contextlib.suppress(RuntimeError):
+                self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def flush(self) -> int:
+        """Write everything queued now; returns how many rows were written."""
+        batch, self._pending = self._pending, []
+        if not batch:
+            return 0
+        try:
+            await asyncio.to_thread(self._store.record_usage, batch)
+        except Exception as exc:  # noqa: BLE001 - keep the rows and retry on the next tick
+            logger.warning("usage ledger write failed (%s rows kept): %s", len(batch), exc)
+            self._pending[:0] = batch
+            return 0
+        return len(batch)
+
+    async def _run(self) -> None:
+        while self._pending:
+            await asyncio.sleep(self._interval_s)
+            await self.flush()

