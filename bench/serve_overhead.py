@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -170,7 +171,7 @@ def bench_vllm(model_dir: Path, workdir: Path, args) -> list[Result]:
     command = [
         str(BIN / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
         "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-        "--max-model-len", "512", "--enforce-eager", "--disable-log-requests",
+        "--max-model-len", "512", "--enforce-eager",
     ]  # fmt: skip
     log = open(workdir / "vllm.log", "wb")  # noqa: SIM115 - closed below
     started = time.perf_counter()
@@ -180,7 +181,8 @@ def bench_vllm(model_dir: Path, workdir: Path, args) -> list[Result]:
         ready = time.perf_counter() - started
         return measure("vllm", f"http://127.0.0.1:{port}/v1", None, ready, args)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
         log.close()
 
@@ -215,7 +217,7 @@ class Cluster:
         return f"http://127.0.0.1:{self.config['ray']['ports']['serve_http']}"
 
     def serve_config(self, name: str, models: list[dict]) -> Path:
-        path = self.dir / f"{name}.yaml"
+        path = self.dir / f"serve-{name}.yaml"  # never raylane.yaml, the cluster's own config
         path.write_text(yaml.safe_dump({"models": models}))
         return path
 
@@ -223,11 +225,13 @@ class Cluster:
 def bench_ray_stock(cluster: Cluster, model_dir: Path, args) -> list[Result]:
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-    from raylane.cluster import apply_ray_env
+    from raylane.cluster import auth_headers
     from raylane.config import load_config
 
-    apply_ray_env(load_config(cluster.dir / "raylane.yaml"))
-    client = ServeSubmissionClient(f"http://127.0.0.1:{cluster.config['ray']['ports']['dashboard']}")
+    client = ServeSubmissionClient(
+        f"http://127.0.0.1:{cluster.config['ray']['ports']['dashboard']}",
+        headers=auth_headers(load_config(cluster.dir / "raylane.yaml")),
+    )
     llm_config = {
         "model_loading_config": {"model_id": "tiny", "model_source": str(model_dir)},
         "accelerator_config": {"kind": "cpu"},
