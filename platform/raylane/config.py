@@ -241,7 +241,7 @@ class RaylaneConfig(_Model):
             self.database.url = f"sqlite:///{self.state_dir / 'raylane.db'}"
         for model in self.models:
             # Paths are relative to the project (replicas run elsewhere); bare names are registry refs.
-            if "://" not in model.source and ("/" in model.source or model.source.startswith("~")):
+            if is_model_path(model.source):
                 model.source = str(_resolve(project, Path(model.source)))
         if self.ray.auth_token_path:
             self.ray.auth_token_path = _resolve(project, self.ray.auth_token_path)
@@ -282,6 +282,16 @@ class RaylaneConfig(_Model):
         data["storage"]["s3"]["secret_access_key"] = None
         data["storage"]["s3"]["access_key_id"] = None
         return data
+
+
+def is_model_path(source: str) -> bool:
+    """Whether a model source is a filesystem path (not a URI or a registry ``name@version``).
+
+    Example:
+        >>> is_model_path("./models/tiny"), is_model_path("s3://b/m"), is_model_path("tiny@2")
+        (True, False, False)
+    """
+    return "://" not in source and ("/" in source or source.startswith("~"))
 
 
 def _unmask(cfg: RaylaneConfig, data: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from raylane import cluster
-from raylane.config import RaylaneConfig, describe_validation_error, read_yaml_mapping
+from raylane.config import RaylaneConfig, describe_validation_error, is_model_path, read_yaml_mapping
 from raylane.errors import ClusterError, ConfigError, InvalidRequestError, NotFoundError
 
 IMPORT_PATH = "raylane.serve:build_app"
@@ -51,7 +51,7 @@ def with_serving_file(config: RaylaneConfig, path: Path) -> RaylaneConfig:
     data = config.model_dump(mode="python")
     for model in spec.get("models") or []:
         source = model.get("source", "") if isinstance(model, dict) else ""
-        if isinstance(source, str) and "://" not in source and ("/" in source or source.startswith("~")):
+        if isinstance(source, str) and is_model_path(source):
             model["source"] = str((path.parent / Path(source).expanduser()).resolve())
     data["models"] = spec.get("models") or data["models"]
     data["serve"] = {**data["serve"], **(spec.get("serve") or {})}

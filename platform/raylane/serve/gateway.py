@@ -152,6 +152,10 @@ class Gateway:
             self.services = GatewayServices.from_config(load_serving_config(self._config))
         return self.services
 
+    def _visible(self, key: KeyInfo, model: str) -> bool:
+        """Whether ``model`` exists for this key (served here and on its list)."""
+        return key.allows(model) and (not self._served or model in self._served)
+
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
@@ -166,9 +170,7 @@ class Gateway:
                 scope, receive = await self._admit_body(scope, receive, exchange, services)
             elif path.startswith("/v1/models/"):
                 exchange.model = path.removeprefix("/v1/models/")
-                if not exchange.key.allows(exchange.model) or (
-                    self._served and exchange.model not in self._served
-                ):
+                if not self._visible(exchange.key, exchange.model):
                     raise _model_not_found(exchange.model)
             await self._check_limits(exchange.key, services)
         except RaylaneError as exc:
@@ -205,7 +207,7 @@ class Gateway:
         model = body.get("model")
         if isinstance(model, str):
             exchange.model = model
-            if not key.allows(model) or (self._served and model not in self._served):
+            if not self._visible(key, model):
                 raise _model_not_found(model)
         changed = _apply_token_cap(body, key)
         if body.get("stream") is True:
