@@ -26,6 +26,9 @@ setup:
 demo: $(BIN)/raylane
 	$(BIN)/raylane up
 	$(BIN)/raylane submit jobs/smoke.yaml --wait
+	$(BIN)/raylane submit jobs/etl.yaml --wait
+	$(BIN)/raylane submit jobs/docs.yaml --wait
+	$(BIN)/raylane docs search "How do I read rows from a CSV file?" --dataset docs -k 3
 	test -f .raylane/models/tiny/config.json || $(BIN)/raylane models make-tiny .raylane/models/tiny
 	$(BIN)/raylane serve deploy jobs/serve.yaml
 	test -s .raylane/state/demo-key || (umask 077; $(BIN)/raylane keys create demo > .raylane/state/demo-key)

@@ -23,7 +23,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from raylane import cli_metadata, cli_serve, cluster
+from raylane import cli_data, cli_metadata, cli_serve, cluster
 from raylane.cli_common import ConfigOption, JsonOption, err, fmt_time, load, out
 from raylane.config import RaylaneConfig, json_schema, load_config
 from raylane.errors import JobError, RaylaneError
@@ -42,6 +42,8 @@ app.add_typer(config_app, name="config")
 app.add_typer(cli_metadata.keys_app, name="keys")
 app.add_typer(cli_metadata.models_app, name="models")
 app.add_typer(cli_serve.serve_app, name="serve")
+app.add_typer(cli_data.datasets_app, name="datasets")
+app.add_typer(cli_data.docs_app, name="docs")
 app.command("usage")(cli_metadata.usage)
 
 
@@ -209,16 +211,20 @@ def jobs_logs(
 @jobs_app.command("stop")
 def jobs_stop(
     job_id: Annotated[str, typer.Argument(help="Job id to stop.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Return once the job has ended.")] = False,
     config_path: ConfigOption = None,
 ) -> None:
     """Stop a running job."""
-    from raylane.submit import get_job, job_client
+    from raylane.submit import TERMINAL_STATUSES, get_job, job_client
 
     config = load(config_path)
     client = job_client(cluster.require_cluster(config))
     get_job(client, job_id)
     stopped = client.stop_job(job_id)
-    out.print(f"job {job_id} {'stopping' if stopped else 'was not running'}")
+    while wait and status_text(client.get_job_status(job_id)) not in TERMINAL_STATUSES:
+        time.sleep(0.5)
+    state = "stopped" if wait else "stopping"
+    out.print(f"job {job_id} {state if stopped else 'was not running'}")
 
 
 # -- config -------------------------------------------------------------------------------------

@@ -209,6 +209,28 @@ class Storage:
             infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
 
+    def find_files(self, location: str, suffixes: tuple[str, ...]) -> list[tuple[str, int]]:
+        """``(fs path, size)`` of every file under ``location`` (recursive) with one of ``suffixes``.
+
+        Sorted by path; a single file named directly is found too. Pair with
+        ``self.resolve(location)[0]``. Hidden and underscore entries (``_data``, ``.tmp``) are skipped.
+        """
+        fs, path = self.resolve(location)
+        with self._errors("list", location):
+            info = fs.get_file_info(path)
+            if info.type == pafs.FileType.File:
+                infos = [info]
+            else:
+                infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+        found = []
+        for i in infos:
+            relative_parts = i.path[len(path) :].strip("/").split("/")
+            if i.type != pafs.FileType.File or any(p.startswith((".", "_")) for p in relative_parts if p):
+                continue
+            if i.path.lower().endswith(suffixes):
+                found.append((i.path, i.size or 0))
+        return sorted(found)
+
     def delete(self, relative: str) -> None:
         """Delete a file or a whole directory (prefix); deleting nothing is not an error."""
         path = self.fs_path(relative)

@@ -38,6 +38,8 @@ from raylane.errors import ConfigError, JobError, NotFoundError
 # Jobs whose params raylane validates before submitting: job name -> "module:Model".
 PARAMS_MODELS = {
     "smoke": "raylane.smoke:SmokeParams",
+    "etl": "raylane.data.corpus:CorpusParams",
+    "docs": "raylane.data.docs:DocsParams",
 }
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 

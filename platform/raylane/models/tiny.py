@@ -12,11 +12,11 @@ Example:
 
 from __future__ import annotations
 
-import ast
 import json
-import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
+
+from raylane.data.samples import stdlib_docstrings
 
 # A minimal ChatML template: what `/v1/chat/completions` renders messages with.
 CHAT_TEMPLATE = (
@@ -27,25 +27,9 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 
 
 def stdlib_text(limit_chars: int = 1_000_000) -> Iterator[str]:
-    """Docstrings of the installed standard library, read with ``ast`` (nothing is imported).
-
-    Text present on every machine with Python, so tokenizers and demos need no download.
-    """
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    seen = 0
-    for source in sorted(stdlib.glob("*.py")):
-        try:
-            tree = ast.parse(source.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, OSError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-                doc = ast.get_docstring(node)
-                if doc:
-                    seen += len(doc)
-                    yield doc
-                    if seen >= limit_chars:
-                        return
+    """Docstrings of the installed standard library's top-level modules (text on every machine)."""
+    for _, doc in stdlib_docstrings(limit_chars):
+        yield doc
 
 
 def train_tokenizer(texts: Iterator[str], vocab_size: int = 2048):
