@@ -89,18 +89,20 @@ def timed(fn, *args) -> tuple[float, dict]:
     return time.perf_counter() - started, outcome
 
 
-def embedding_rates(config: RaylaneConfig, store: Storage) -> tuple[float, float, int]:
-    """(raylane chunks/s, single-process chunks/s, chunks) for the sample documents x3."""
+def embedding_rates(config: RaylaneConfig, store: Storage, copies: int) -> tuple[float, float, int]:
+    """(raylane chunks/s incl. model loading, single-process chunks/s, chunks) over sample documents."""
     from raylane.data.docs import DocsParams, run_docs
     from raylane.data.embed import Embedder
 
-    for copy in range(3):
+    for copy in range(copies):
         write_sample_documents(store, f"bench-docs/raw/{copy}")
-    result = run_docs(config, DocsParams(input="bench-docs/raw", output="bench-docs", generate_sample=False))
+    # Both sides use the whole machine: two one-thread actors vs one process with two threads.
+    params = DocsParams(input="bench-docs/raw", output="bench-docs", generate_sample=False, embed_actors=2)
+    result = run_docs(config, params)
     manifest = store.read_manifest(dataset_path("bench-docs"))
     files = [f for f in store.published_files(dataset_path("bench-docs")) if "/chunks/" in f]
     texts = pq.read_table([store.fs_path(f) for f in files]).column("text").to_pylist()
-    embedder = Embedder(threads=1)
+    embedder = Embedder(threads=2)
     elapsed, _ = timed(embedder.embed, texts)
     return manifest["counts"]["embed_chunks_per_s"], len(texts) / elapsed, result["chunks"]
 
@@ -141,7 +143,7 @@ def main() -> None:
                 f"raylane {size / ray_s:8.0f} docs/s ({ray_s:6.1f} s)   ratio {base_s / ray_s:.2f}",
                 flush=True,
             )
-        embed_ray, embed_local, chunks = embedding_rates(config, store)
+        embed_ray, embed_local, chunks = embedding_rates(config, store, copies=3 if args.quick else 12)
     finally:
         ray.shutdown()
 

@@ -176,7 +176,10 @@ def run_docs(config: RaylaneConfig, params: DocsParams) -> dict[str, Any]:
             batch_size=params.embed_batch_size * 4, batch_format="pyarrow",
             num_cpus=params.embed_cpus, num_gpus=params.embed_gpus or None,
         )  # fmt: skip
-        embedded.write_parquet(store.fs_path(pub.path(CHUNKS_DIR)), filesystem=store.fs)
+        # Writing is light I/O: a whole logical CPU for it would keep an embedding actor waiting.
+        embedded.write_parquet(
+            store.fs_path(pub.path(CHUNKS_DIR)), filesystem=store.fs, ray_remote_args={"num_cpus": 0}
+        )
         embed_seconds = time.perf_counter() - embed_started
         runs.write_errors(store, pub.path(runs.ERRORS_FILE), failures)
         counts["embed_chunks_per_s"] = round(chunks_total / embed_seconds, 1) if embed_seconds else None

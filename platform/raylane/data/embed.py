@@ -42,6 +42,9 @@ class Embedder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local directory never needs the hub
         import torch
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a bar per load clutters job logs and CLI output
 
         if threads:
             torch.set_num_threads(threads)  # one actor per logical CPU it holds, not every core
