@@ -29,7 +29,7 @@ demo: $(BIN)/raylane
 	$(BIN)/raylane submit jobs/etl.yaml --wait
 	$(BIN)/raylane submit jobs/docs.yaml --wait
 	$(BIN)/raylane docs search "How do I read rows from a CSV file?" --dataset docs -k 3
-	test -f .raylane/models/tiny/config.json || $(BIN)/raylane models make-tiny .raylane/models/tiny
+	$(BIN)/raylane submit jobs/train.yaml --wait
 	$(BIN)/raylane serve deploy jobs/serve.yaml
 	test -s .raylane/state/demo-key || (umask 077; $(BIN)/raylane keys create demo > .raylane/state/demo-key)
 	$(BIN)/python examples/chat.py --base-url "$$($(BIN)/raylane serve status --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["base_url"])')" --api-key "$$(cat .raylane/state/demo-key)"

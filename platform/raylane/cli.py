@@ -146,14 +146,17 @@ def submit(
     wait: Annotated[
         bool, typer.Option("--wait", help="Follow the logs; exit with the job's status.")
     ] = False,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="Training: continue this run from its last checkpoint.")
+    ] = None,
 ) -> None:
     """Submit the job a config names (jobs/<job>.py) as a Ray job and print its id."""
     from raylane import submit as submission
 
     config = load(config_path)
-    spec = submission.load_job_spec(job_config)
+    spec = submission.load_job_spec(job_config, {"resume": resume} if resume else None)
     dashboard = cluster.require_cluster(config)
-    job_id = submission.submit(config, dashboard, job_config, spec)
+    job_id = submission.submit(config, dashboard, spec)
     print(job_id, flush=True)
     if wait:
         client = submission.job_client(dashboard)

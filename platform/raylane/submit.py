@@ -6,8 +6,9 @@ A job config names a script in ``jobs/`` and its parameters::
     entrypoint_num_cpus: 0     # what the driver itself reserves
     params: {files: 4}         # validated by the job's own model before anything is submitted
 
-`raylane submit` ships ``raylane`` (``py_modules``) and a working dir holding ``jobs/`` plus the config as
-``job.yaml``, so the entrypoint is the same ``python jobs/<job>.py --config job.yaml`` that a plain
+`raylane submit` ships ``raylane`` (``py_modules``) and a working dir holding ``jobs/`` plus the
+validated config (CLI overrides applied) as ``job.yaml``, so the entrypoint is the same
+``python jobs/<job>.py --config job.yaml`` that a plain
 ``ray job submit --working-dir . -- python jobs/<job>.py --config jobs/<job>.yaml`` runs.
 
 Example:
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import raylane
@@ -40,6 +42,7 @@ PARAMS_MODELS = {
     "smoke": "raylane.smoke:SmokeParams",
     "etl": "raylane.data.corpus:CorpusParams",
     "docs": "raylane.data.docs:DocsParams",
+    "train": "raylane.train.params:TrainParams",
 }
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 
@@ -62,13 +65,17 @@ class JobSpec(BaseModel):
         return f"python jobs/{self.job}.py --config {config_name}"
 
 
-def load_job_spec(path: Path) -> JobSpec:
-    """Read and validate a job config, including its params when raylane knows the job."""
+def load_job_spec(path: Path, param_overrides: dict[str, Any] | None = None) -> JobSpec:
+    """Read and validate a job config, including its params when raylane knows the job.
+
+    ``param_overrides`` (from CLI flags such as ``--resume``) replace keys of ``params`` first.
+    """
     data = read_yaml_mapping(path)
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {describe_validation_error(exc)}") from None
+    spec.params.update(param_overrides or {})
     model = params_model(spec.job)
     if model is not None:
         try:
@@ -96,10 +103,11 @@ def jobs_dir() -> Path:
     raise NotFoundError("cannot find the jobs/ folder: run raylane from the project checkout")
 
 
-def _stage_working_dir(spec_path: Path) -> Path:
+def _stage_working_dir(spec: JobSpec) -> Path:
     staging = Path(tempfile.mkdtemp(prefix="raylane-job-"))
     shutil.copytree(jobs_dir(), staging / "jobs", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copyfile(spec_path, staging / "job.yaml")
+    # The validated spec, overrides included, is what the job reads.
+    (staging / "job.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     return staging
 
 
@@ -110,9 +118,9 @@ def job_client(dashboard: str) -> Any:
     return JobSubmissionClient(dashboard)
 
 
-def submit(config: RaylaneConfig, dashboard: str, spec_path: Path, spec: JobSpec) -> str:
+def submit(config: RaylaneConfig, dashboard: str, spec: JobSpec) -> str:
     """Submit a job config as a Ray job; returns the job id."""
-    staging = _stage_working_dir(spec_path)
+    staging = _stage_working_dir(spec)
     try:
         extra_env = spec.runtime_env.get("env_vars", {})
         runtime_env = {

@@ -66,10 +66,11 @@ def _source_location(store: Storage, source: str) -> tuple[pafs.FileSystem, str]
     return pafs.LocalFileSystem(), str(path)
 
 
-def resolve_local_path(store: Storage, db: MetadataStore, source: str) -> Path:
+def resolve_local_path(store: Storage, db: MetadataStore | None, source: str) -> Path:
     """A local directory vLLM can load for a model source: a path, an s3:// URI or ``name@version``.
 
-    Registry entries and S3 URIs on a remote root are downloaded once into a local cache.
+    Registry entries and S3 URIs on a remote root are downloaded once into a local cache. Workers
+    without the metadata DB (``db=None``) pass the URI the driver looked up.
     """
     if (
         not source.startswith(("s3://", "file://"))
@@ -80,6 +81,10 @@ def resolve_local_path(store: Storage, db: MetadataStore, source: str) -> Path:
     uri = source
     cache_name = source.replace("/", "_").replace(":", "_")
     if not source.startswith(("s3://", "file://")):
+        if db is None:
+            raise InvalidRequestError(
+                f"{source}: a registry name needs the metadata DB; pass its URI instead"
+            )
         name, version = parse_model_ref(source)
         row = db.get_model_version(name, version)
         uri, cache_name = row.uri, f"{name}@{row.version}"
@@ -90,6 +95,7 @@ def resolve_local_path(store: Storage, db: MetadataStore, source: str) -> Path:
     if not (target / "config.json").exists():
         partial = target.with_name(target.name + f".partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)  # pyarrow creates no local destination folders itself
         pafs.copy_files(
             path, str(partial), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
         )

@@ -1,0 +1,177 @@
+"""The training job's driver: check everything, fit with Ray Train, export, register.
+
+Every check that can fail without a worker runs first (dataset present and a corpus, preset known,
+base model registered and compatible, the workers leave CPUs for Ray Data, the run to resume exists),
+so a bad config costs seconds, not a worker group.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from raylane.config import RaylaneConfig
+from raylane.data import dataset_path
+from raylane.data.runs import status
+from raylane.data.search import parse_dataset_ref
+from raylane.db import MetadataStore
+from raylane.errors import ConfigError, JobError, NotFoundError
+from raylane.models.registry import parse_model_ref
+from raylane.storage import Storage
+from raylane.train.export import export_and_register, special_token_ids
+from raylane.train.params import TrainParams
+from raylane.train.presets import llama_config
+
+RUNS_PREFIX = "train/runs"
+# Logical CPUs that must stay free of train workers so Ray Data's read tasks can feed them.
+DATA_CPU_RESERVE = 0.5
+
+
+def corpus_manifest(store: Storage, ref: str) -> dict[str, Any]:
+    """The manifest of a packed corpus dataset, or a clear error naming what to run first."""
+    name, version = parse_dataset_ref(ref)
+    try:
+        manifest = store.read_manifest(dataset_path(name), version)
+    except NotFoundError:
+        raise NotFoundError(
+            f"dataset {ref!r} not found under {store.uri(dataset_path(name))}: publish it with the ETL job "
+            "(raylane submit jobs/etl.yaml)"
+        ) from None
+    if manifest.get("kind") != "corpus":
+        raise ConfigError(f"dataset {ref!r} is a {manifest.get('kind')!r} dataset, not a packed corpus")
+    return manifest
+
+
+def model_spec(store: Storage, db: MetadataStore, params: TrainParams, manifest: dict[str, Any]) -> dict:
+    """How workers build the model: a preset config, or the files of a registered base model."""
+    tokenizer = store.read_bytes(f"{manifest['data_prefix']}/{manifest['tokenizer']}/tokenizer.json").decode()
+    if params.init_from:
+        name, version = parse_model_ref(params.init_from)
+        row = db.get_model_version(name, version)
+        fs, path = store.resolve(row.uri)
+        with fs.open_input_stream(f"{path}/config.json") as f:
+            base = json.loads(f.read())
+        if base.get("vocab_size", 0) < manifest["vocab_size"]:
+            raise ConfigError(
+                f"{params.init_from} has {base.get('vocab_size')} token ids but the dataset's tokenizer has "
+                f"{manifest['vocab_size']}: fine-tune on a dataset tokenized with the model's tokenizer "
+                "(tokenizer.path in the ETL job)"
+            )
+        return {"uri": row.uri}
+    config = llama_config(
+        params.preset,
+        vocab_size=manifest["vocab_size"],
+        max_positions=manifest["seq_len"],
+        special_ids=special_token_ids(tokenizer),
+    )
+    return {"config": config.to_dict()}
+
+
+def check_capacity(params: TrainParams, cluster_cpus: float) -> None:
+    """Refuse worker sizes that would leave Ray Data no CPU (the job would hang, not fail)."""
+    held = params.workers * params.cpus_per_worker
+    if held > cluster_cpus - DATA_CPU_RESERVE:
+        raise ConfigError(
+            f"{params.workers} workers x {params.cpus_per_worker} CPUs would hold {held:g} of the cluster's "
+            f"{cluster_cpus:g} CPUs and leave Ray Data's read tasks none (training would hang): lower "
+            f"cpus_per_worker to at most {(cluster_cpus - DATA_CPU_RESERVE) / params.workers:.2f}"
+        )
+
+
+def validation_ids(store: Storage, files: list[str], rows: int):
+    """The first ``rows`` validation sequences as an int32 array (every rank evaluates these).
+
+    A few batches, read once by the driver and shipped with the loop's config: evaluating must not
+    wait for Ray Data tasks while the workers hold the CPUs.
+    """
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    if not files:
+        return None
+    table = pq.ParquetDataset(files, filesystem=store.fs).read().slice(0, rows)
+    return np.stack(table.column("input_ids").to_numpy(zero_copy_only=False)).astype(np.int32)
+
+
+def run_training(config: RaylaneConfig, params: TrainParams) -> dict[str, Any]:
+    """Train on the connected cluster; returns losses, throughput and the registered model."""
+    import ray
+    import ray.data
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from raylane.train.loop import train_loop
+
+    started = time.perf_counter()
+    store = Storage.from_config(config)
+    db = MetadataStore.from_config(config)
+    if not params.use_gpu:
+        check_capacity(params, ray.cluster_resources().get("CPU", 0))
+    manifest = corpus_manifest(store, params.dataset)
+    spec = model_spec(store, db, params, manifest)
+    run_name = params.resume or f"{params.output_model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if params.resume and not store.exists(f"{RUNS_PREFIX}/{run_name}"):
+        raise NotFoundError(f"no run {run_name!r} under {store.uri(RUNS_PREFIX)} to resume")
+
+    base = manifest["data_prefix"]
+    splits = {
+        split: [
+            store.fs_path(f)
+            for f in store.published_files(
+                dataset_path(parse_dataset_ref(params.dataset)[0]), manifest["version"]
+            )
+            if f.startswith(f"{base}/{split}/") and f.endswith(".parquet")
+        ]
+        for split in ("train", "validation")
+    }
+    if not splits["train"]:
+        raise ConfigError(f"dataset {params.dataset!r} has no train sequences")
+    # Small read tasks keep streaming while the workers hold their CPUs.
+    train_data = ray.data.read_parquet(splits["train"], filesystem=store.fs, num_cpus=0.25)
+    validation = validation_ids(store, splits["validation"], params.eval_batches * params.batch_size)
+    resources = {"CPU": params.cpus_per_worker, **({"GPU": params.gpus_per_worker} if params.use_gpu else {})}
+    status(
+        f"train: run {run_name}, {params.workers} worker(s), {params.steps} steps on {params.dataset} "
+        f"{manifest['version']} ({manifest['counts']['train_tokens']} tokens)"
+    )
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "params": params.model_dump(mode="json"),
+            "model": spec,
+            "storage_root": store.root_uri,
+            "validation_ids": validation,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=params.workers, use_gpu=params.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=store.fs_path(RUNS_PREFIX),
+            storage_filesystem=store.fs,
+            checkpoint_config=CheckpointConfig(num_to_keep=params.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=params.max_failures),
+        ),
+        datasets={"train": train_data},
+    )
+    result = trainer.fit()
+    if result.error:
+        raise JobError(f"training run {run_name} failed: {result.error}")
+    metrics = result.metrics or {}
+    status(f"export: step {metrics.get('step')}, loss {metrics.get('first_loss')} -> {metrics.get('loss')}")
+    tokenizer_prefix = f"{base}/{manifest['tokenizer']}"
+    registered = export_and_register(result.checkpoint, store, db, params.output_model, tokenizer_prefix)
+    status(f"registered {registered['model']}")
+    return {
+        "run": run_name,
+        "steps": metrics.get("step"),
+        "first_loss": metrics.get("first_loss"),
+        "final_loss": metrics.get("loss"),
+        "val_loss": metrics.get("val_loss"),
+        "tokens_per_s": metrics.get("tokens_per_s"),
+        "resumed_from": metrics.get("resumed_from"),
+        "checkpoint": result.checkpoint.path,
+        **registered,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
