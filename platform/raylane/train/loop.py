@@ -8,7 +8,7 @@ storage root; a restarted worker group (after a failure, or ``--resume``) contin
 
 Example:
     >>> [round(lr_factor(s, warmup=2, total=10, floor=0.1), 2) for s in (0, 1, 2, 6, 9)]
-    [0.5, 1.0, 1.0, 0.48, 0.1]
+    [0.5, 1.0, 1.0, 0.45, 0.1]
 """
 
 from __future__ import annotations
