@@ -4,8 +4,8 @@ One run, the same packed dataset (the ETL pipeline over generated stdlib-sentenc
 same model (preset ``tiny``, or ``--preset``), batch size, sequence length and number of steps:
 
   torch      a plain loop in this process: the same AdamW, schedule and clipping, tensors from parquet
-  raylane-1  raylane.train.run.run_training with 1 worker (1.5 CPUs: Ray Data keeps 0.5)
-  raylane-2  the same with 2 workers (DDP, 0.75 CPUs each)
+  raylane-1  raylane.train.run.run_training with 1 worker (1 CPU, 1 thread: Ray Data keeps the other)
+  raylane-2  the same with 2 workers (DDP, 0.5 CPU and one thread each)
 
 Tokens/s is measured over the steps after the first window (start-up and warm-up excluded on both
 sides). Ends with one line: `train_throughput: ratio=<raylane-1/torch tokens/s> target=0.9 ...`.
@@ -108,7 +108,7 @@ def main() -> None:
             "eval_every": steps,
             "checkpoint_every": steps,
         }
-        one = TrainParams(**base, workers=1, cpus_per_worker=1.5)
+        one = TrainParams(**base, workers=1, cpus_per_worker=1)
         manifest = corpus_manifest(store, "corpus")
         from raylane.db import MetadataStore
 
@@ -118,7 +118,7 @@ def main() -> None:
         print(f"  torch      {torch_rate:9.0f} tokens/s", flush=True)
         ray_one = run_training(config, one)["tokens_per_s"]
         print(f"  raylane-1  {ray_one:9.0f} tokens/s", flush=True)
-        two = TrainParams(**base, workers=2, cpus_per_worker=0.75)
+        two = TrainParams(**base, workers=2, cpus_per_worker=0.5)
         ray_two = run_training(config, two)["tokens_per_s"]
         print(f"  raylane-2  {ray_two:9.0f} tokens/s", flush=True)
     finally:
