@@ -211,6 +211,18 @@ def make_project(root: Path, **sections: dict) -> RayProject:
     return RayProject(path=root, config=config, env=clean_env())
 
 
+def submit_and_wait_for_log(project: RayProject, job: Path, text: str, timeout: float = 600) -> str:
+    """Submit a job config without waiting; return its id once ``text`` shows in its logs."""
+    submitted = project.cli("submit", str(job))
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.split()[0]
+    deadline = time.monotonic() + timeout
+    while text not in project.cli("jobs", "logs", job_id).stdout:
+        assert time.monotonic() < deadline, f"job {job_id} never logged {text!r}"
+        time.sleep(1)
+    return job_id
+
+
 def stop_project(project: RayProject) -> None:
     project.cli("down", timeout=120)
     shutil.rmtree(project.config["ray"]["temp_dir"], ignore_errors=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from raylane.data.samples import synthetic_corpus, text_pdf, write_jsonl_shards,
 from raylane.errors import NotFoundError, StorageError
 from raylane.jobrun import parse_result
 from raylane.storage import Storage
-from tests.conftest import BIN, REPO, RayProject, S3Server
+from tests.conftest import BIN, REPO, RayProject, S3Server, submit_and_wait_for_log
 
 pytestmark = pytest.mark.integration
 
@@ -191,13 +190,7 @@ def test_a_killed_run_publishes_nothing_and_a_rerun_completes(ray_project: RayPr
     plant_corpus(store, "etl-kill/raw", 24_000, seed=3)
     params = {**CORPUS_PARAMS, "tokenizer": {"vocab_size": 4000, "train_documents": 20_000}}
     job = write_job(ray_project, "etl-kill", "etl", input="etl-kill/raw", output="it-killed", **params)
-    submitted = ray_project.cli("submit", str(job))
-    assert submitted.returncode == 0, submitted.stderr
-    job_id = submitted.stdout.split()[0]
-    deadline = time.monotonic() + 600
-    while "tokenizer: training" not in ray_project.cli("jobs", "logs", job_id).stdout:
-        assert time.monotonic() < deadline, "the job never reached the publish step"
-        time.sleep(1)
+    job_id = submit_and_wait_for_log(ray_project, job, "tokenizer: training")
     # Inside the publication now: the tokenizer is being trained, nothing is visible yet.
     stopped = ray_project.cli("jobs", "stop", job_id, "--wait")
     assert stopped.returncode == 0, stopped.stderr

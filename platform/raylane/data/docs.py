@@ -25,10 +25,11 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from raylane.config import RaylaneConfig
-from raylane.data import dataset_path, runs
+from raylane.data import runs
 from raylane.data.chunking import chunk_text, model_tokenizer
 from raylane.data.embed import BUNDLED_MODEL, Embedder, resolve_model
 from raylane.data.extract import DOCUMENT_SUFFIXES, Document, extract
+from raylane.data.samples import write_sample_documents
 from raylane.data.text import normalize_text
 from raylane.storage import Storage, next_version
 
@@ -121,24 +122,12 @@ def run_docs(config: RaylaneConfig, params: DocsParams) -> dict[str, Any]:
 
     started = time.perf_counter()
     store = Storage.from_config(config)
-    dataset = dataset_path(params.output)
-    if (
-        params.generate_sample
-        and "://" not in params.input
-        and not store.find_files(params.input, DOCUMENT_SUFFIXES)
-    ):
-        from raylane.data.samples import write_sample_documents
-
-        runs.status(f"no input under {store.uri(params.input)}: writing sample documents there")
-        write_sample_documents(store, params.input)
-    fs, files = runs.find_inputs(store, params.input, DOCUMENT_SUFFIXES)
-    config_hash = runs.fingerprint(
-        params.model_dump(mode="json", exclude={"output", "generate_sample"}), files
-    )
-    published = runs.find_published(store, dataset, config_hash)
-    if published:
-        runs.status(f"{store.uri(dataset)} {published['version']} was built from this config and input")
-        return runs.result(store, dataset, published, reused=True, seconds=time.perf_counter() - started)
+    run = runs.start_run(store, params, DOCUMENT_SUFFIXES, write_sample_documents)
+    if run.published:
+        return runs.result(
+            store, run.dataset, run.published, reused=True, seconds=time.perf_counter() - started
+        )
+    fs, files, dataset, config_hash = run.fs, run.files, run.dataset, run.config_hash
     model_dir = resolve_model(params.embedding_model)
 
     runs.status(f"chunk: {len(files)} files under {params.input}...")

@@ -17,11 +17,14 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from raylane.data import dataset_path
 from raylane.errors import JobError, NotFoundError, StorageError
 from raylane.storage import Storage
 
@@ -63,6 +66,35 @@ def find_published(store: Storage, dataset: str, config_hash: str) -> dict[str, 
         if manifest.get("config_hash") == config_hash:
             return manifest
     return None
+
+
+@dataclass
+class RunStart:
+    """What a pipeline run starts from: its inputs, their fingerprint, and an identical earlier run."""
+
+    fs: pafs.FileSystem
+    files: list[tuple[str, int]]
+    dataset: str
+    config_hash: str
+    published: dict[str, Any] | None
+
+
+def start_run(store: Storage, params: Any, suffixes: tuple[str, ...], write_sample: Callable) -> RunStart:
+    """Write the sample input if asked and the input is empty, list it, fingerprint the run.
+
+    ``params`` has ``input``, ``output`` and ``generate_sample``; ``published`` is the manifest of a
+    version built from the same params and inputs, which the caller returns instead of recomputing.
+    """
+    if params.generate_sample and "://" not in params.input and not store.find_files(params.input, suffixes):
+        status(f"no input under {store.uri(params.input)}: writing sample input there")
+        write_sample(store, params.input)
+    fs, files = find_inputs(store, params.input, suffixes)
+    config_hash = fingerprint(params.model_dump(mode="json", exclude={"output", "generate_sample"}), files)
+    dataset = dataset_path(params.output)
+    published = find_published(store, dataset, config_hash)
+    if published:
+        status(f"{store.uri(dataset)} {published['version']} was built from this config and input")
+    return RunStart(fs, files, dataset, config_hash, published)
 
 
 def check_error_budget(failures: pa.Table, units: int, max_fraction: float) -> None:

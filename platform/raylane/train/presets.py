@@ -37,7 +37,8 @@ def llama_config(
     shape: dict[str, Any] = dict(PRESETS[preset])
     return LlamaConfig(
         vocab_size=vocab_size,
-        max_position_embeddings=max(max_positions, 256),
+        # RoPE extrapolates: serve longer prompts than the training rows (vLLM checks this bound).
+        max_position_embeddings=max(max_positions, 2048),
         tie_word_embeddings=shape["hidden_size"] < 1024,  # small models: tied embeddings save most params
         torch_dtype="float32",
         **shape,
