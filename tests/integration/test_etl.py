@@ -187,13 +187,14 @@ def test_corpus_pipeline_on_s3_with_plain_ray_job_submit(
 
 def test_a_killed_run_publishes_nothing_and_a_rerun_completes(ray_project: RayProject):
     store = local_store(ray_project)
-    plant_corpus(store, "etl-kill/raw", 24_000, seed=3)
+    plant_corpus(store, "etl-kill/raw", 60_000, seed=3)  # enough that packing takes ~10 s
     params = {**CORPUS_PARAMS, "tokenizer": {"vocab_size": 4000, "train_documents": 20_000}}
     job = write_job(ray_project, "etl-kill", "etl", input="etl-kill/raw", output="it-killed", **params)
-    job_id = submit_and_wait_for_log(ray_project, job, "tokenizer: training")
-    # Inside the publication now: the tokenizer is being trained, nothing is visible yet.
+    job_id = submit_and_wait_for_log(ray_project, job, "pack: tokenizing")
+    # Inside the publication now: tokenizer files are staged, packing is running, nothing is visible.
     stopped = ray_project.cli("jobs", "stop", job_id, "--wait")
     assert stopped.returncode == 0, stopped.stderr
+    assert "was not running" not in stopped.stdout, "the job finished before it could be stopped"
     assert store.versions(dataset_path("it-killed")) == []
     with pytest.raises(NotFoundError):
         store.read_manifest(dataset_path("it-killed"))

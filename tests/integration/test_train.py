@@ -21,7 +21,7 @@ from raylane.data.samples import synthetic_corpus, write_jsonl_shards
 from raylane.jobrun import parse_result
 from raylane.models.registry import resolve_local_path
 from raylane.storage import Storage
-from tests.conftest import RayProject, S3Server, submit_and_wait_for_log
+from tests.conftest import RayProject, S3Server
 
 pytestmark = pytest.mark.integration
 
@@ -120,10 +120,28 @@ def train_workers(project: RayProject) -> list[psutil.Process]:
 def test_killing_a_worker_resumes_from_the_last_checkpoint(ray_project: RayProject):
     store = Storage.from_uri((ray_project.path / ".raylane").as_uri())
     publish_corpus(ray_project, store)
-    params = {**TRAIN, "steps": 40, "checkpoint_every": 10, "log_every": 10, "max_failures": 2}
+    # Long enough (~10 steps/s here) that the kill lands mid-run, after the first checkpoint.
+    params = {
+        **TRAIN,
+        "steps": 300,
+        "checkpoint_every": 50,
+        "log_every": 50,
+        "eval_every": 100,
+        "max_failures": 2,
+    }
     job = write_job(ray_project, "train-kill", "train", output_model="it-killed", **params)
-    job_id = submit_and_wait_for_log(ray_project, job, "Checkpoint successfully created")
+    submitted = ray_project.cli("submit", str(job))
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.split()[0]
     deadline = time.monotonic() + 1200
+    # Watch storage, not the log stream (which lags): kill once Ray Train has registered the first
+    # checkpoint (it writes its snapshot file after the upload completes).
+    while not any(
+        "it-killed-" in f and f.endswith("checkpoint_manager_snapshot.json")
+        for f in store.list("train/runs", recursive=True)
+    ):
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.5)
     victims = train_workers(ray_project)
     assert len(victims) == 2, victims
     victims[1].send_signal(signal.SIGKILL)
@@ -137,7 +155,8 @@ def test_killing_a_worker_resumes_from_the_last_checkpoint(ray_project: RayProje
     logs = ray_project.cli("jobs", "logs", job_id).stdout
     assert state == "SUCCEEDED", logs[-3000:]
     outcome = parse_result(logs)
-    assert outcome["steps"] == 40 and outcome["resumed_from"] in (10, 20, 30), outcome
+    assert outcome["steps"] == 300, outcome
+    assert outcome["resumed_from"] in range(50, 300, 50), (outcome, logs[-4000:])
 
 
 def test_bad_configs_fail_before_any_worker_starts(ray_project: RayProject):
