@@ -33,6 +33,7 @@ demo: $(BIN)/raylane
 	$(BIN)/raylane serve deploy jobs/serve.yaml
 	test -s .raylane/state/demo-key || (umask 077; $(BIN)/raylane keys create demo > .raylane/state/demo-key)
 	$(BIN)/python examples/chat.py --base-url "$$($(BIN)/raylane serve status --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["base_url"])')" --api-key "$$(cat .raylane/state/demo-key)"
+	$(BIN)/python examples/batch.py --base-url "$$($(BIN)/raylane serve status --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["base_url"])')" --api-key "$$(cat .raylane/state/demo-key)" --requests 200 --output .raylane/batch-results.jsonl
 	$(BIN)/raylane status
 
 test: $(BIN)/raylane

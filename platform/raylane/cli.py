@@ -23,7 +23,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from raylane import cli_data, cli_metadata, cli_serve, cluster
+from raylane import cli_batch, cli_data, cli_metadata, cli_serve, cluster
 from raylane.cli_common import ConfigOption, JsonOption, err, fmt_time, load, out
 from raylane.config import RaylaneConfig, json_schema, load_config
 from raylane.errors import JobError, RaylaneError
@@ -42,6 +42,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(cli_metadata.keys_app, name="keys")
 app.add_typer(cli_metadata.models_app, name="models")
 app.add_typer(cli_serve.serve_app, name="serve")
+app.add_typer(cli_batch.batch_app, name="batch")
 app.add_typer(cli_data.datasets_app, name="datasets")
 app.add_typer(cli_data.docs_app, name="docs")
 app.command("usage")(cli_metadata.usage)

@@ -28,8 +28,10 @@ from raylane.errors import ConfigError
 
 CONFIG_FILE_NAME = "raylane.yaml"
 ENV_PREFIX = "RAYLANE_"
-# RAYLANE_* variables that steer the process rather than set a config field.
-CONTROL_ENV_VARS = frozenset({"RAYLANE_CONFIG", "RAYLANE_DEBUG", "RAYLANE_CONFIG_JSON"})
+# RAYLANE_* variables that are not settings: what the CLI, clients and batch processes read themselves.
+CONTROL_ENV_VARS = frozenset(
+    {"RAYLANE_CONFIG", "RAYLANE_DEBUG", "RAYLANE_CONFIG_JSON", "RAYLANE_API_KEY", "RAYLANE_BATCH_NICE"}
+)
 LaneName = Literal["etl", "train", "serve", "batch"]
 
 
@@ -201,10 +203,32 @@ class ServeConfig(_Model):
 
 
 class BatchConfig(_Model):
-    """The batch lane (OpenAI Batch API)."""
+    """The batch lane (OpenAI Batch API): limits, and the engine each batch job starts."""
 
     max_file_bytes: int = Field(200 * 1024 * 1024, gt=0, description="Largest upload to /v1/files.")
     max_requests_per_file: int = Field(50_000, gt=0, description="Largest number of lines in a batch.")
+    num_cpus: float = Field(1, ge=0, description="Logical CPUs per batch engine (its placement bundle).")
+    num_gpus: float = Field(0, ge=0, description="GPUs per batch engine; fractions share a GPU.")
+    concurrency: int = Field(1, ge=1, description="Engine replicas per batch (data parallel).")
+    batch_size: int = Field(
+        64, ge=1, description="Requests per engine call: the unit of progress, resume and cancel."
+    )
+    max_concurrent_batches: int = Field(4, ge=1, description="Engine calls in flight per replica.")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="vLLM engine args for batch engines, over the model's own."
+    )
+    cpu_kv_cache_gb: float | None = Field(
+        None, gt=0, description="CPU engines: KV cache GiB for batch. Unset: the model's cpu_kv_cache_gb."
+    )
+    nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Niceness of batch processes above Ray workers (serving replicas): serving wins the CPU.",
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Times a batch's job is started; a restart resumes where the last stopped."
+    )
 
 
 class RaylaneConfig(_Model):

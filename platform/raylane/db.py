@@ -1,4 +1,4 @@
-"""The metadata store (SQLAlchemy 2): API keys, the usage ledger and model versions.
+"""The metadata store (SQLAlchemy 2): API keys, the usage ledger, model versions, files and batches.
 
 SQLite in the state dir by default; any SQLAlchemy URL (PostgreSQL on clusters) works the same.
 API keys are stored as a SHA-256 digest plus a short display prefix. A plain digest (not bcrypt) is
@@ -96,6 +96,55 @@ class ModelVersion(Base):
     source: Mapped[str] = mapped_column(String(1024))
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class FileRecord(Base):
+    """A file of the Files API (batch input, output and error files); its bytes live in storage."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[int] = mapped_column(Integer, index=True)  # the owner: other keys never see it
+    filename: Mapped[str] = mapped_column(String(512))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(String(1024))  # relative to the storage root
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class BatchRecord(Base):
+    """A batch of the Batch API: its OpenAI-visible state plus the Ray job that runs it."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[int] = mapped_column(Integer, index=True)
+    key_name: Mapped[str] = mapped_column(String(128))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    input_file_id: Mapped[str] = mapped_column(String(64))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time, index=True)
+    expires_at: Mapped[float] = mapped_column(Float)
+    in_progress_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finalizing_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    completed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    failed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    expired_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cancelling_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cancelled_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    output_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    meta: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON, nullable=True)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    completed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    usage: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
+    engine: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # the model's config
+    job_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
 
 
 @dataclass(frozen=True)

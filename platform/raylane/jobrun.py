@@ -50,9 +50,17 @@ def run_job(
     model: type[P], run: Callable[[RaylaneConfig, P], dict[str, Any]], argv: Sequence[str] | None = None
 ) -> None:
     """Main of a job script; never returns."""
+
+    def params() -> P:
+        return load_params(model, parse_args(argv).config)
+
+    execute(params, run)
+
+
+def execute(params: Callable[[], P], run: Callable[[RaylaneConfig, P], dict[str, Any]]) -> None:
+    """Read the params, connect to Ray, run, print the result line and exit (see the module doc)."""
     try:
-        args = parse_args(argv)
-        params = load_params(model, args.config)
+        job_params = params()
         config = load_config()
         from raylane.cluster import apply_ray_env
 
@@ -60,7 +68,7 @@ def run_job(
         import ray
 
         ray.init(log_to_driver=True, configure_logging=False)
-        result = run(config, params)
+        result = run(config, job_params)
     except RaylaneError as exc:
         print(f"raylane job failed: {exc}", file=sys.stderr, flush=True)
         if os.environ.get("RAYLANE_DEBUG"):

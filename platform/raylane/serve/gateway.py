@@ -5,11 +5,12 @@ in-process: the fast path) and the multi-model router. For every request it:
 
 1. lets ``/health``, ``/openapi.json`` and the docs through without a key; everything else needs
    ``Authorization: Bearer <key>`` (401 otherwise);
-2. reads the JSON body once: a model outside the key's list is 404 as if it did not exist, a
+2. hands ``/v1/files`` and ``/v1/batches`` to the Batch API (:mod:`raylane.batch.api`), with the key;
+3. reads the JSON body once: a model outside the key's list is 404 as if it did not exist, a
    ``max_tokens`` above the key's cap is 400 (and the cap becomes the default when none is given);
-3. applies the key's requests/tokens-per-minute limits (429 with ``Retry-After``);
-4. asks the engine for usage on streams (and hides it again if the client did not ask);
-5. records key, model, tokens, latency and status in the usage ledger and in the metrics.
+4. applies the key's requests/tokens-per-minute limits (429 with ``Retry-After``);
+5. asks the engine for usage on streams (and hides it again if the client did not ask);
+6. records key, model, tokens, latency and status in the usage ledger and in the metrics.
 
 Errors it raises itself use the OpenAI envelope; errors from the app pass through untouched.
 """
@@ -23,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from raylane import batch
 from raylane.config import RaylaneConfig, load_serving_config
 from raylane.db import KeyInfo, MetadataStore, hash_secret
 from raylane.errors import (
@@ -146,6 +148,23 @@ class Gateway:
         # Unknown models are answered here, in the same envelope on every shape, without a hop.
         self._served = frozenset(m["name"] for m in config.get("models") or [])
         self.services: GatewayServices | None = None
+        self._batch_api: Any = None
+        self._batch_service: Any = None
+
+    def _batch_app(self) -> Any:
+        """The Files and Batches app, built on first use (its service on the first request)."""
+        if self._batch_api is None:
+            from raylane.batch.api import build_batch_api
+
+            self._batch_api = build_batch_api(self._batch_services)
+        return self._batch_api
+
+    def _batch_services(self) -> Any:
+        if self._batch_service is None:
+            from raylane.batch.service import BatchService
+
+            self._batch_service = BatchService(load_serving_config(self._config))
+        return self._batch_service
 
     def _services(self) -> GatewayServices:
         if self.services is None:
@@ -164,9 +183,13 @@ class Gateway:
             return await self.app(scope, receive, send)
         services = self._services()
         exchange = _Exchange(started=time.perf_counter(), path=path)
+        app = self.app
         try:
             exchange.key = await services.keys.authenticate(_bearer(scope))
-            if scope["method"] == "POST":
+            if path.startswith(batch.API_PATHS):
+                app = self._batch_app()
+                scope = {**scope, batch.KEY_SCOPE: exchange.key}
+            elif scope["method"] == "POST":
                 scope, receive = await self._admit_body(scope, receive, exchange, services)
             elif path.startswith("/v1/models/"):
                 exchange.model = path.removeprefix("/v1/models/")
@@ -179,7 +202,7 @@ class Gateway:
             self._finish(exchange, services)
             return
         try:
-            await self.app(scope, receive, self._responder(send, exchange))
+            await app(scope, receive, self._responder(send, exchange))
         except Exception:
             exchange.status = exchange.status or 500  # Starlette answers 500 further out
             raise

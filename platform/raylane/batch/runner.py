@@ -1,0 +1,269 @@
+"""The batch job: one Ray job per batch runs its requests through vLLM with ``ray.data.llm``.
+
+``python -m raylane.batch.runner --batch-id batch_...`` (the Gateway submits it; ``jobs/batch.py``
+is the same main). The job:
+
+1. reads the batch record and its input file, and the parts earlier attempts wrote: every
+   ``custom_id`` already answered is skipped (a restarted job resumes, nothing runs twice);
+2. plans engine rows (chat template applied here, with the model's own tokenizer) and answers
+   unusable bodies with error lines at once;
+3. runs the rest through ``ray.data.llm``'s vLLM stage (``build_processor``) on the batch lane's
+   resources, at a lower OS priority than online serving, writing one part per finished engine
+   call and updating ``request_counts``; a cancel or the end of the completion window stops it
+   between parts;
+4. finalizes: output and error files, usage, final status (see :mod:`raylane.batch.results`).
+
+Example:
+    $ python -m raylane.batch.runner --batch-id batch_0123456789abcdef01234567
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from raylane.batch.requests import Collector, plan
+from raylane.batch.results import finalize, read_parts, write_part
+from raylane.batch.schema import BatchLine, validate_input
+from raylane.batch.store import TERMINAL_STATUSES, BatchStore
+from raylane.config import BatchConfig, ModelConfig, RaylaneConfig
+from raylane.db import BatchRecord, MetadataStore
+from raylane.storage import Storage
+
+NICE_ENV = "RAYLANE_BATCH_NICE"
+MAP_CPUS = 0.25
+RAY_WORKER_NICENESS = 15  # what the raylet gives worker processes (drivers keep their own)
+
+
+class BatchJobParams(BaseModel):
+    """What a batch job needs: the batch's id (everything else is in its record)."""
+
+    batch_id: str
+
+
+def lower_priority() -> None:
+    """Lower this process below Ray's workers (serving replicas included) by ``batch.nice``.
+
+    The raylet starts every worker at niceness 15; a batch process goes to that plus
+    ``batch.nice``, capped at 19, whether it is the job's driver (which starts at 0) or a worker
+    (this is also the batch job's Ray ``worker_process_setup_hook``). vLLM's engine processes
+    inherit it from the engine actor.
+    """
+    extra = int(os.environ.get(NICE_ENV, "10"))
+    if extra <= 0:
+        return
+    target = min(19, RAY_WORKER_NICENESS + extra)
+    current = os.nice(0)
+    if target > current:
+        os.nice(target - current)
+
+
+def run_batch(config: RaylaneConfig, params: BatchJobParams) -> dict[str, Any]:
+    """Run (or resume) one batch to its final state; returns a summary."""
+    storage = Storage.from_config(config)
+    records = BatchStore(MetadataStore.from_config(config))
+    record = records.get_batch(params.batch_id)
+    if record.status in TERMINAL_STATUSES:
+        return {"batch_id": record.id, "status": record.status}
+    if record.status == "cancelling":
+        return _summary(finalize(storage, records, record.id, "cancelled"))
+    now = time.time()
+    records.transition(
+        record.id,
+        ("validating", "in_progress"),
+        status="in_progress",
+        in_progress_at=record.in_progress_at or now,
+    )
+    lines = _input_lines(storage, records, record)
+    done = read_parts(storage, record.id)
+    todo = [line for line in lines if line.custom_id not in done]
+    print(
+        f"batch {record.id}: {len(lines)} requests, {len(done)} answered by earlier attempts, "
+        f"{len(todo)} to run",
+        flush=True,
+    )
+    progress = _Progress(storage, records, record, done.values())
+    stopped_by = None
+    if todo:
+        stopped_by = _run(config, record, todo, progress)
+    status = {"cancel": "cancelled", "expire": "expired"}.get(stopped_by or "", "completed")
+    return _summary(finalize(storage, records, record.id, status))
+
+
+class _Progress:
+    """Writes parts, keeps request_counts current, and notices a cancel or the window's end."""
+
+    def __init__(self, storage: Storage, records: BatchStore, record: BatchRecord, done: Any) -> None:
+        self.storage, self.records, self.record = storage, records, record
+        lines = list(done)
+        self.completed = sum(1 for line in lines if (line.get("response") or {}).get("status_code") == 200)
+        self.failed = len(lines) - self.completed
+        self.seq = 0
+        self.started = time.perf_counter()
+
+    def write(self, lines: list[dict[str, Any]]) -> str | None:
+        """Store finished lines; returns "cancel" or "expire" when the batch must stop."""
+        if lines:
+            write_part(self.storage, self.record.id, attempt=self.record.attempt, seq=self.seq, lines=lines)
+            self.seq += 1
+            ok = sum(1 for line in lines if line["response"]["status_code"] == 200)
+            self.completed += ok
+            self.failed += len(lines) - ok
+            self.records.set_progress(self.record.id, completed=self.completed, failed=self.failed)
+        current = self.records.get_batch(self.record.id)
+        if current.status == "cancelling":
+            return "cancel"
+        if time.time() > current.expires_at:
+            return "expire"
+        return None
+
+
+def _run(
+    config: RaylaneConfig, record: BatchRecord, todo: list[BatchLine], progress: _Progress
+) -> str | None:
+    model = ModelConfig.model_validate(record.engine["model"])
+    local_path = _local_model(config, model.source)
+    render_chat = _chat_renderer(local_path) if record.endpoint == "/v1/chat/completions" else None
+    rows, failed = plan(
+        todo,
+        endpoint=record.endpoint,
+        max_model_len=_max_model_len(local_path, {**model.engine_kwargs, **config.batch.engine_kwargs}),
+        render_chat=render_chat,
+        max_tokens_cap=record.engine.get("max_tokens_cap"),
+    )
+    if stop := progress.write(failed):
+        return stop
+    if not rows:
+        return None
+    formats = {line.custom_id: str(line.body.get("encoding_format") or "float") for line in todo}
+    collector = Collector(record.endpoint, record.model or model.name, formats)
+    first_output_at = None
+    tokens = 0
+    for rows_out in _engine_outputs(config.batch, model, local_path, rows):
+        first_output_at = first_output_at or time.perf_counter()
+        tokens += sum(int(row.get("num_generated_tokens") or 0) for row in rows_out)
+        lines = [line for row in rows_out for line in collector.add(row)]
+        if stop := progress.write(lines):
+            return stop
+    if first_output_at is not None:
+        # From the first finished engine call to the last: the generation phase, start-up excluded.
+        ready_s = first_output_at - progress.started
+        generate_s = max(time.perf_counter() - first_output_at, 1e-6)
+        print(
+            f"batch {record.id}: {len(rows)} engine rows; first results after {ready_s:.1f}s; "
+            f"generation: {tokens / generate_s:.0f} tok/s over {generate_s:.1f}s",
+            flush=True,
+        )
+    return None
+
+
+def _engine_outputs(
+    batch: BatchConfig, model: ModelConfig, local_path: Path, rows: list[dict[str, Any]]
+) -> Iterator[list[dict[str, Any]]]:
+    """Engine output rows, one list per finished engine call, as they finish."""
+    import ray
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    from raylane.serve.options import engine_settings
+
+    settings = engine_settings(model, max_ongoing_requests=batch.batch_size)
+    env_vars = settings["runtime_env"]["env_vars"]
+    if model.accelerator == "cpu" and batch.cpu_kv_cache_gb:
+        env_vars["VLLM_CPU_KVCACHE_SPACE"] = f"{batch.cpu_kv_cache_gb:g}"
+    bundle = {"CPU": float(batch.num_cpus)}
+    if model.accelerator == "gpu":
+        bundle["GPU"] = float(batch.num_gpus or 1)
+    processor = build_processor(
+        vLLMEngineProcessorConfig(
+            model_source=str(local_path),
+            engine_kwargs={**settings["engine_kwargs"], **batch.engine_kwargs},
+            task_type="embed" if model.task == "embed" else "generate",
+            batch_size=batch.batch_size,
+            concurrency=batch.concurrency,
+            max_concurrent_batches=batch.max_concurrent_batches,
+            placement_group_config={"bundle_per_worker": bundle},
+            runtime_env={"env_vars": env_vars},
+            # The driver renders chat prompts to token ids and vLLM returns text, so the stock
+            # chat-template, tokenize and detokenize stages (an actor pool each) are not needed.
+            chat_template_stage=False,
+            tokenize_stage=False,
+            detokenize_stage=False,
+            should_continue_on_error=True,
+        ),
+        # The processor wraps rows in and out of its data column with two row maps; they are light,
+        # and a whole CPU each would not fit beside the engine and a serving replica on 2 cores.
+        preprocess_map_kwargs={"num_cpus": MAP_CPUS},
+        postprocess_map_kwargs={"num_cpus": MAP_CPUS},
+    )
+    dataset = processor(ray.data.from_items(rows))
+    for batch_rows in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        yield batch_rows.to_pylist()
+
+
+def _input_lines(storage: Storage, records: BatchStore, record: BatchRecord) -> list[BatchLine]:
+    source = records.get_file(record.input_file_id, key_id=None)
+    lines, errors = validate_input(
+        storage.read_bytes(source.path), endpoint=record.endpoint, models={record.model}, max_requests=10**9
+    )
+    if errors:  # validated when the batch was created; a changed file is a bug worth stopping for
+        raise RuntimeError(f"batch {record.id}: input file no longer validates: {errors[0]['message']}")
+    return lines
+
+
+def _local_model(config: RaylaneConfig, source: str) -> Path:
+    from raylane.models.registry import resolve_local_path
+
+    return resolve_local_path(Storage.from_config(config), MetadataStore.from_config(config), source)
+
+
+def _chat_renderer(local_path: Path) -> Any:
+    """messages -> prompt token ids, exactly as vLLM's chat endpoint renders them."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(local_path))
+
+    def render(messages: list[dict[str, Any]]) -> list[int]:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(tokenizer.encode(text, add_special_tokens=False))
+
+    return render
+
+
+def _max_model_len(local_path: Path, engine_kwargs: dict[str, Any]) -> int:
+    if engine_kwargs.get("max_model_len"):
+        return int(engine_kwargs["max_model_len"])
+    hf_config = json.loads((local_path / "config.json").read_text())
+    return int(hf_config.get("max_position_embeddings") or 2048)
+
+
+def _summary(record: BatchRecord) -> dict[str, Any]:
+    return {
+        "batch_id": record.id,
+        "status": record.status,
+        "completed": record.completed,
+        "failed": record.failed,
+        "output_file_id": record.output_file_id,
+        "error_file_id": record.error_file_id,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of a batch's Ray job."""
+    from raylane.jobrun import execute
+
+    parser = argparse.ArgumentParser(description="Run one batch of the OpenAI Batch API.")
+    parser.add_argument("--batch-id", required=True)
+    args = parser.parse_args(argv)
+    lower_priority()
+    execute(lambda: BatchJobParams(batch_id=args.batch_id), run_batch)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+"""The Files and Batches operations behind the API: storage, records and the batch's Ray job.
+
+A key only ever sees its own files and batches: anything else is 404, as if it did not exist.
+Creating a batch validates its whole input file first (no compute is spent on a bad file; the
+batch comes back ``failed`` with ``errors.data[]``), then submits its Ray job.
+
+Reading a batch also *reconciles* it with its job, so the API stays right without a background
+daemon: a cancelled batch whose job has stopped is finalized; a job that died (a killed driver, a
+lost node) is started again, up to ``batch.max_attempts``, and resumes where it stopped; a batch
+past its completion window is stopped and expired. Each of these is a compare-and-set on the
+record, so concurrent readers on several replicas act once.
+
+Example (needs a running cluster for the job):
+    >>> service = BatchService(load_config())                                    # doctest: +SKIP
+    >>> f = service.upload(key, "in.jsonl", "batch", data)                       # doctest: +SKIP
+    >>> service.create(key, input_file_id=f["id"], endpoint="/v1/chat/completions",
+    ...                completion_window="24h", metadata=None)                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import raylane
+from raylane.batch.results import file_path, finalize
+from raylane.batch.runner import NICE_ENV
+from raylane.batch.schema import (
+    COMPLETION_WINDOWS,
+    ENDPOINTS,
+    FILE_PURPOSES,
+    batch_object,
+    file_object,
+    validate_input,
+)
+from raylane.batch.store import ACTIVE_STATUSES, BatchStore, new_id
+from raylane.config import RaylaneConfig
+from raylane.db import BatchRecord, KeyInfo, MetadataStore
+from raylane.errors import InvalidRequestError, PayloadTooLargeError
+from raylane.storage import Storage
+
+logger = logging.getLogger(__name__)
+DEAD_JOB_STATUSES = frozenset({"FAILED", "STOPPED", "SUCCEEDED", "MISSING"})
+
+
+class BatchService:
+    """Files and batches for one process (a Gateway replica, or a test)."""
+
+    def __init__(self, config: RaylaneConfig) -> None:
+        self.config = config
+        self.storage = Storage.from_config(config)
+        self.records = BatchStore(MetadataStore.from_config(config))
+        # Models a batch may name: those this deployment serves (their engine settings go along).
+        self.models = {m.name: m for m in config.models}
+        self._job_client: Any = None
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def upload(self, key: KeyInfo, filename: str, purpose: str, data: bytes) -> dict[str, Any]:
+        """Store an uploaded file (bytes first, record second: a crash leaves no visible file)."""
+        if purpose != "batch":
+            raise InvalidRequestError(
+                f"purpose must be 'batch' (got {purpose!r}); only batch files are accepted.", param="purpose"
+            )
+        if len(data) > self.config.batch.max_file_bytes:
+            raise PayloadTooLargeError(f"The file is larger than {self.config.batch.max_file_bytes} bytes.")
+        if not data.strip():
+            raise InvalidRequestError("The file is empty.", param="file")
+        record_id = new_id("file-")
+        path = file_path(record_id)
+        self.storage.write_bytes(path, data)
+        row = self.records.add_file(
+            key_id=key.id,
+            filename=filename[:512] or "upload.jsonl",
+            purpose=purpose,
+            size=len(data),
+            path=path,
+            file_id=record_id,
+        )
+        return file_object(row)
+
+    def list_files(self, key: KeyInfo, purpose: str | None) -> dict[str, Any]:
+        if purpose and purpose not in FILE_PURPOSES:
+            raise InvalidRequestError(f"Unknown purpose {purpose!r}.", param="purpose")
+        rows = self.records.list_files(key_id=key.id, purpose=purpose)
+        return {"object": "list", "data": [file_object(r) for r in rows], "has_more": False}
+
+    def get_file(self, key: KeyInfo, file_id: str) -> dict[str, Any]:
+        return file_object(self.records.get_file(file_id, key_id=key.id))
+
+    def file_content(self, key: KeyInfo, file_id: str) -> bytes:
+        return self.storage.read_bytes(self.records.get_file(file_id, key_id=key.id).path)
+
+    def delete_file(self, key: KeyInfo, file_id: str) -> dict[str, Any]:
+        row = self.records.delete_file(file_id, key_id=key.id)
+        self.storage.delete(row.path)
+        return {"id": file_id, "object": "file", "deleted": True}
+
+    # -- batches -------------------------------------------------------------------------------
+
+    def create(
+        self,
+        key: KeyInfo,
+        *,
+        input_file_id: Any,
+        endpoint: Any,
+        completion_window: Any,
+        metadata: Any,
+    ) -> dict[str, Any]:
+        """Validate the input file and start the batch's job (or return it ``failed``)."""
+        if endpoint not in ENDPOINTS:
+            raise InvalidRequestError(f"endpoint must be one of {', '.join(ENDPOINTS)}.", param="endpoint")
+        if completion_window not in COMPLETION_WINDOWS:
+            raise InvalidRequestError("completion_window must be '24h'.", param="completion_window")
+        if metadata is not None and not (
+            isinstance(metadata, dict)
+            and len(metadata) <= 16
+            and all(
+                isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
+                for k, v in metadata.items()
+            )
+        ):
+            raise InvalidRequestError("metadata must map at most 16 keys to strings.", param="metadata")
+        if not isinstance(input_file_id, str):
+            raise InvalidRequestError("input_file_id is required.", param="input_file_id")
+        source = self.records.get_file(input_file_id, key_id=key.id)
+        if source.purpose != "batch":
+            raise InvalidRequestError(
+                f"File {input_file_id} has purpose {source.purpose!r}, not 'batch'.", param="input_file_id"
+            )
+        lines, errors = validate_input(
+            self.storage.read_bytes(source.path),
+            endpoint=endpoint,
+            models=lambda name: name in self.models and key.allows(name),
+            max_requests=self.config.batch.max_requests_per_file,
+        )
+        model = lines[0].model if lines else None
+        now = time.time()
+        fields: dict[str, Any] = dict(
+            key_id=key.id,
+            key_name=key.name,
+            endpoint=endpoint,
+            model=model,
+            input_file_id=input_file_id,
+            completion_window=completion_window,
+            created_at=now,
+            expires_at=now + COMPLETION_WINDOWS[completion_window],
+            meta=metadata,
+            total=len(lines),
+        )
+        if errors:
+            record = self.records.add_batch(status="failed", failed_at=now, errors=errors, **fields)
+            return batch_object(record)
+        engine = {"model": self.models[model].model_dump(mode="json"), "max_tokens_cap": key.max_tokens}
+        record = self.records.add_batch(status="validating", engine=engine, **fields)
+        self._start_attempt(record)
+        return batch_object(self.records.get_batch(record.id))
+
+    def get(self, key: KeyInfo, batch_id: str) -> dict[str, Any]:
+        record = self.records.get_batch(batch_id, key_id=key.id)
+        return batch_object(self.reconcile(record))
+
+    def list(self, key: KeyInfo, *, after: str | None, limit: int) -> dict[str, Any]:
+        if not 1 <= limit <= 100:
+            raise InvalidRequestError("limit must be between 1 and 100.", param="limit")
+        rows, has_more = self.records.list_batches(key_id=key.id, after=after, limit=limit)
+        data = [batch_object(row) for row in rows]
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": has_more,
+        }
+
+    def cancel(self, key: KeyInfo, batch_id: str) -> dict[str, Any]:
+        """Stop the batch's job; what finished is finalized into its files (status ``cancelled``)."""
+        record = self.records.get_batch(batch_id, key_id=key.id)
+        if record.status not in ("validating", "in_progress"):
+            if record.status in ("cancelling", "cancelled"):
+                return batch_object(record)
+            raise InvalidRequestError(
+                f"Cannot cancel a batch that is {record.status}.", code="batch_not_cancellable"
+            )
+        if self.records.transition(
+            batch_id, ("validating", "in_progress"), status="cancelling", cancelling_at=time.time()
+        ):
+            self._stop_job(record.job_id)
+        return batch_object(self.reconcile(self.records.get_batch(batch_id)))
+
+    def reconcile(self, record: BatchRecord) -> BatchRecord:
+        """Bring an active batch in line with its job (see the module docstring)."""
+        if record.status not in ACTIVE_STATUSES:
+            return record
+        job_status = self._job_status(record.job_id)
+        if job_status not in DEAD_JOB_STATUSES:
+            if time.time() > record.expires_at:
+                self._stop_job(record.job_id)
+            return record
+        if record.status == "cancelling":
+            return finalize(self.storage, self.records, record.id, "cancelled")
+        if time.time() > record.expires_at:
+            return finalize(self.storage, self.records, record.id, "expired")
+        if record.attempt < self.config.batch.max_attempts:
+            logger.warning(
+                "batch %s: job %s is %s; starting attempt %s",
+                record.id,
+                record.job_id,
+                job_status,
+                record.attempt + 1,
+            )
+            self._start_attempt(record)
+            return self.records.get_batch(record.id)
+        reason = (
+            f"The batch's job stopped ({job_status}) {record.attempt} times; "
+            "the requests that finished are in the output and error files."
+        )
+        return finalize(
+            self.storage,
+            self.records,
+            record.id,
+            "failed",
+            errors=[{"code": "batch_failed", "message": reason, "param": None, "line": None}],
+        )
+
+    # -- the batch's Ray job ---------------------------------------------------------------------
+
+    def _start_attempt(self, record: BatchRecord) -> None:
+        attempt = record.attempt + 1
+        job_id = f"raylane-batch-{record.id.removeprefix('batch_')}-{attempt}"
+        # Claim the attempt first: of several replicas reconciling at once, one submits.
+        if not self.records.claim_attempt(record.id, record.attempt, job_id):
+            return
+        try:
+            self._submit(record, job_id)
+        except Exception as exc:  # noqa: BLE001 - the next read finds no job and tries again
+            logger.warning("batch %s: submitting %s failed: %s", record.id, job_id, exc)
+
+    def _submit(self, record: BatchRecord, job_id: str) -> None:
+        self._jobs().submit_job(
+            entrypoint=f"python -m raylane.batch.runner --batch-id {record.id}",
+            submission_id=job_id,
+            runtime_env={
+                "py_modules": [str(Path(raylane.__file__).parent)],
+                "env_vars": {
+                    "RAYLANE_CONFIG_JSON": json.dumps(self.config.job_dict()),
+                    NICE_ENV: str(self.config.batch.nice),
+                },
+                "worker_process_setup_hook": "raylane.batch.runner.lower_priority",
+            },
+            entrypoint_num_cpus=0,
+            metadata={"raylane_job": "batch", "batch_id": record.id},
+        )
+
+    def _jobs(self) -> Any:
+        if self._job_client is None:
+            from raylane.cluster import dashboard_url
+            from raylane.submit import job_client
+
+            self._job_client = job_client(dashboard_url(self.config))
+        return self._job_client
+
+    def _job_status(self, job_id: str | None) -> str:
+        if not job_id:
+            return "MISSING"
+        from raylane.submit import status_text
+
+        try:
+            return status_text(self._jobs().get_job_status(job_id))
+        except RuntimeError as exc:
+            if "404" in str(exc) or "does not exist" in str(exc):
+                return "MISSING"
+            raise
+
+    def _stop_job(self, job_id: str | None) -> None:
+        if not job_id:
+            return
+        try:
+            self._jobs().stop_job(job_id)
+        except RuntimeError as exc:  # already gone: nothing to stop
+            logger.info("stopping %s: %s", job_id, exc)
