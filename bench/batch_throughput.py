@@ -61,12 +61,17 @@ config = vLLMEngineProcessorConfig(
     model_source=sys.argv[1], engine_kwargs={"dtype": "float32", "max_model_len": 512, "enforce_eager": True},
     batch_size=64, concurrency=1, placement_group_config={"bundle_per_worker": {"CPU": 0.5}},
     runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
+    # Each CPU stage asks for a whole CPU by default: on 2 logical CPUs beside the engine and a
+    # serving replica that never schedules, so every stage gets a quarter.
+    chat_template_stage={"num_cpus": 0.25}, tokenize_stage={"num_cpus": 0.25},
+    detokenize_stage={"num_cpus": 0.25},
 )
 processor = build_processor(
     config,
     preprocess=lambda row: {"messages": [{"role": "user", "content": row["content"]}],
                             "sampling_params": {"max_tokens": 32, "ignore_eos": True}},
     postprocess=lambda row: {"tokens": row["num_generated_tokens"]},
+    preprocess_map_kwargs={"num_cpus": 0.25}, postprocess_map_kwargs={"num_cpus": 0.25},
 )
 n = int(sys.argv[2])
 items = [{"content": f"Write a function that adds {i} and two."} for i in range(n)]
@@ -153,9 +158,11 @@ def main() -> None:
     (cluster.dir / "raylane.yaml").write_text(json.dumps(cluster.config))
     cluster.cli("up")
     try:
+        from raylane.cluster import ray_env
+        from raylane.config import load_config
+
         gcs = f"127.0.0.1:{cluster.config['ray']['ports']['gcs']}"
-        token_path = cluster.dir / ".raylane" / "state" / "ray-auth-token"
-        stock_env = {**ENV, "RAY_ADDRESS": gcs, "RAY_AUTH_TOKEN_PATH": str(token_path)}
+        stock_env = {**ENV, **ray_env(load_config(cluster.dir / "raylane.yaml")), "RAY_ADDRESS": gcs}
         wall, _ = timed_script(STOCK, str(model_dir), str(n), env=stock_env)
         rows.append(("stock ray.data.llm", wall, None, "default stages"))
         print(f"  stock: {wall:.1f}s", file=sys.stderr)
