@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from raylane.batch.requests import Collector, plan
+from raylane.batch.requests import Collector, is_success, plan
 from raylane.batch.results import finalize, read_parts, write_part
 from raylane.batch.schema import BatchLine, validate_input
 from raylane.batch.store import TERMINAL_STATUSES, BatchStore
@@ -103,7 +103,7 @@ class _Progress:
     def __init__(self, storage: Storage, records: BatchStore, record: BatchRecord, done: Any) -> None:
         self.storage, self.records, self.record = storage, records, record
         lines = list(done)
-        self.completed = sum(1 for line in lines if (line.get("response") or {}).get("status_code") == 200)
+        self.completed = sum(1 for line in lines if is_success(line))
         self.failed = len(lines) - self.completed
         self.seq = 0
         self.started = time.perf_counter()
@@ -113,7 +113,7 @@ class _Progress:
         if lines:
             write_part(self.storage, self.record.id, attempt=self.record.attempt, seq=self.seq, lines=lines)
             self.seq += 1
-            ok = sum(1 for line in lines if line["response"]["status_code"] == 200)
+            ok = sum(1 for line in lines if is_success(line))
             self.completed += ok
             self.failed += len(lines) - ok
             self.records.set_progress(self.record.id, completed=self.completed, failed=self.failed)
