@@ -5,9 +5,12 @@ One run, the same N chat requests (max_tokens 32, ignore_eos, tiny model, same e
   offline    one Python process: `vllm.LLM(...).chat(all requests)`, start-up included (ratio 1.0)
   stock      ray.data.llm `build_processor` with its default stages (chat template, tokenize,
              vLLM, detokenize) on the same Ray cluster, as a driver script, start-up included
-  raylane    `client.batches.create` with the openai SDK, until `completed` (job start, engine
-             start, generation, output files)
+  raylane    `client.batches.create` with the openai SDK, until `completed` (job start,
+             generation, output files), with the default `batch.engine: serving` (the requests
+             run on the model's warm serving replica, at a lower vLLM priority)
   online     the same requests against raylane's serving endpoint at concurrency 32 (server warm)
+  dedicated  raylane again with `batch.engine: dedicated` (the job starts its own ray.data.llm
+             engine: engine start-up included, like offline and stock)
 
 Reports wall time and ratio to offline, and the generation phase's tokens/s (offline: the
 `LLM.chat` call; raylane: first to last finished engine call, from the batch job's log).
@@ -117,6 +120,14 @@ def batch_input(n: int) -> bytes:
     return "".join(json.dumps(line) + "\n" for line in lines).encode()
 
 
+def deploy(cluster: Cluster, model_dir: Path, engine: str) -> str:
+    """Deploy the tiny model with ``batch.engine: engine``; returns the base URL."""
+    cluster.config["batch"] = {"engine": engine, "num_cpus": 0.5}
+    (cluster.dir / "raylane.yaml").write_text(json.dumps(cluster.config))
+    tiny = {"name": "tiny", "source": str(model_dir), "num_cpus": 0.5, "engine_kwargs": ENGINE}
+    return cluster.cli("serve", "deploy", str(cluster.serve_config("bench", [tiny]))).strip().splitlines()[-1]
+
+
 def raylane_batch(cluster: Cluster, base_url: str, key: str, n: int) -> tuple[float, float | None, int]:
     """(wall from upload to completed, generation tok/s from the job's log, output tokens)."""
     with openai.OpenAI(base_url=base_url, api_key=key, max_retries=2, timeout=120) as client:
@@ -154,7 +165,6 @@ def main() -> None:
     print(f"  offline: {wall:.1f}s", file=sys.stderr)
 
     cluster = Cluster(workdir, throughput_optimized=False)
-    cluster.config["batch"] = {"num_cpus": 0.5}
     (cluster.dir / "raylane.yaml").write_text(json.dumps(cluster.config))
     cluster.cli("up")
     try:
@@ -167,19 +177,19 @@ def main() -> None:
         rows.append(("stock ray.data.llm", wall, None, "default stages"))
         print(f"  stock: {wall:.1f}s", file=sys.stderr)
 
-        tiny = {"name": "tiny", "source": str(model_dir), "num_cpus": 0.5, "engine_kwargs": ENGINE}
-        base_url = (
-            cluster.cli("serve", "deploy", str(cluster.serve_config("bench", [tiny])))
-            .strip()
-            .splitlines()[-1]
-        )
+        base_url = deploy(cluster, model_dir, "serving")
         key = cluster.cli("keys", "create", "bench").strip()
         wall, gen_tok_s, tokens = raylane_batch(cluster, base_url, key, n)
-        rows.append(("raylane batch", wall, gen_tok_s, f"{tokens} output tokens"))
+        rows.append(("raylane batch", wall, gen_tok_s, f"{tokens} output tokens, serving engine"))
         print(f"  raylane: {wall:.1f}s", file=sys.stderr)
 
         online_wall, latencies, _, online_tokens, failed = asyncio.run(drive(base_url, key, "tiny", n, 32))
         rows.append(("online c32", online_wall, online_tokens / online_wall, f"{failed} failed, server warm"))
+
+        base_url = deploy(cluster, model_dir, "dedicated")
+        wall, gen_tok_s, tokens = raylane_batch(cluster, base_url, key, n)
+        rows.append(("raylane dedicated", wall, gen_tok_s, "own ray.data.llm engine, start-up included"))
+        print(f"  raylane dedicated: {wall:.1f}s", file=sys.stderr)
     finally:
         cluster.cli("down")
 

@@ -203,22 +203,37 @@ class ServeConfig(_Model):
 
 
 class BatchConfig(_Model):
-    """The batch lane (OpenAI Batch API): limits, and the engine each batch job starts."""
+    """The batch lane (OpenAI Batch API): limits, and which engine runs a batch's requests."""
 
     max_file_bytes: int = Field(200 * 1024 * 1024, gt=0, description="Largest upload to /v1/files.")
     max_requests_per_file: int = Field(50_000, gt=0, description="Largest number of lines in a batch.")
-    num_cpus: float = Field(1, ge=0, description="Logical CPUs per batch engine (its placement bundle).")
-    num_gpus: float = Field(0, ge=0, description="GPUs per batch engine; fractions share a GPU.")
-    concurrency: int = Field(1, ge=1, description="Engine replicas per batch (data parallel).")
+    engine: Literal["serving", "dedicated"] = Field(
+        "serving",
+        description=(
+            "serving: run requests on the model's warm serving replicas at a lower vLLM priority "
+            "(no start-up). dedicated: each batch job starts its own ray.data.llm engine with the "
+            "resources below."
+        ),
+    )
+    priority: int = Field(
+        10,
+        ge=1,
+        description="serving engine: vLLM priority of batch requests (online is 0; lower runs first).",
+    )
+    num_cpus: float = Field(1, ge=0, description="dedicated engine: logical CPUs (its placement bundle).")
+    num_gpus: float = Field(0, ge=0, description="dedicated engine: GPUs; fractions share a GPU.")
+    concurrency: int = Field(1, ge=1, description="dedicated engine: replicas per batch (data parallel).")
     batch_size: int = Field(
         64, ge=1, description="Requests per engine call: the unit of progress, resume and cancel."
     )
-    max_concurrent_batches: int = Field(4, ge=1, description="Engine calls in flight per replica.")
+    max_concurrent_batches: int = Field(
+        4, ge=1, description="Engine calls in flight (per dedicated replica, or per batch on serving)."
+    )
     engine_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="vLLM engine args for batch engines, over the model's own."
+        default_factory=dict, description="dedicated engine: vLLM engine args, over the model's own."
     )
     cpu_kv_cache_gb: float | None = Field(
-        None, gt=0, description="CPU engines: KV cache GiB for batch. Unset: the model's cpu_kv_cache_gb."
+        None, gt=0, description="dedicated CPU engine: KV cache GiB. Unset: the model's cpu_kv_cache_gb."
     )
     nice: int = Field(
         10,

@@ -1,9 +1,10 @@
 """The batch lane end to end: the `openai` SDK's files and batches resources against the Gateway,
-each batch a real Ray job running ray.data.llm + vLLM on CPU.
+each batch a real Ray job running its requests through vLLM on CPU.
 
-One deploy of the tiny model per module; each batch job starts its own engine (about two minutes
-on 2 cores), so the module runs three of them: a mixed batch, a killed-and-resumed batch, and a
-cancelled batch.
+One deploy of the tiny model per module. Batches run on its warm serving replica (the default
+`batch.engine: serving`): a mixed batch, a killed-and-resumed batch and a cancelled batch. The
+last test redeploys with `batch.engine: dedicated` and runs a batch on a ray.data.llm engine of
+its own (about two minutes of engine start-up on 2 cores).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import openai
 import pytest
@@ -27,11 +29,12 @@ from raylane.submit import status_text
 from tests.conftest import RayProject
 
 CHAT = "/v1/chat/completions"
-# Small engine calls and few sequences at once keep a batch running long enough to kill or cancel.
-BATCH_SETTINGS = {
+# Small engine calls, one at a time, keep a batch running long enough to kill or cancel.
+BATCH_SETTINGS = {"batch_size": 4, "max_concurrent_batches": 1}
+DEDICATED_SETTINGS = {
+    **BATCH_SETTINGS,
+    "engine": "dedicated",
     "num_cpus": 0.5,
-    "batch_size": 8,
-    "max_concurrent_batches": 1,
     "engine_kwargs": {"max_num_seqs": 4},
 }
 
@@ -41,6 +44,7 @@ class BatchLane:
     project: RayProject
     base_url: str
     keys: dict[str, str]
+    serving_file: Path
 
     def client(self, key: str = "owner") -> openai.OpenAI:
         return openai.OpenAI(base_url=self.base_url, api_key=self.keys[key], max_retries=0, timeout=120)
@@ -77,7 +81,7 @@ def lane(ray_project: RayProject, tmp_path_factory: pytest.TempPathFactory) -> I
     keys = {
         name: ray_project.cli("keys", "create", f"batch-{name}").stdout.strip() for name in ("owner", "other")
     }
-    yield BatchLane(ray_project, deployed.stdout.strip().splitlines()[-1], keys)
+    yield BatchLane(ray_project, deployed.stdout.strip().splitlines()[-1], keys, serving)
     ray_project.cli("serve", "delete")
     config_file.write_text(original)
 
@@ -140,6 +144,7 @@ def test_mixed_batch_completes_with_output_error_files_and_usage(lane: BatchLane
     done = wait_until(client, batch.id, lambda b: b.status == "completed")
     assert (done.request_counts.completed, done.request_counts.failed) == (20, 3)
     assert done.metadata == {"suite": "batch"} and done.completed_at and done.in_progress_at
+    assert "serving engine" in lane.project.cli("jobs", "logs", lane.record(batch.id).job_id).stdout
 
     outputs = read_jsonl(client, done.output_file_id)
     assert [o["custom_id"] for o in outputs] == [g["custom_id"] for g in good]  # input order
@@ -232,7 +237,7 @@ def test_bad_requests_to_the_api_get_openai_errors(lane: BatchLane):
 
 def test_killed_batch_job_resumes_without_losing_or_repeating_requests(lane: BatchLane):
     client = lane.client()
-    lines = [chat_line(f"r{i:03d}", f"Count to {i}", max_tokens=32, ignore_eos=True) for i in range(160)]
+    lines = [chat_line(f"r{i:03d}", f"Count to {i}", max_tokens=96, ignore_eos=True) for i in range(160)]
     batch = client.batches.create(input_file_id=upload(client, lines), endpoint=CHAT, completion_window="24h")
     first_job = lane.record(batch.id).job_id
     wait_until(client, batch.id, lambda b: b.request_counts.completed >= 16, poll=0.3)
@@ -259,7 +264,7 @@ def test_killed_batch_job_resumes_without_losing_or_repeating_requests(lane: Bat
 
 def test_cancel_stops_the_job_and_keeps_what_finished(lane: BatchLane):
     client = lane.client()
-    lines = [chat_line(f"c{i:03d}", f"Say {i}", max_tokens=32, ignore_eos=True) for i in range(200)]
+    lines = [chat_line(f"c{i:03d}", f"Say {i}", max_tokens=96, ignore_eos=True) for i in range(200)]
     batch = client.batches.create(input_file_id=upload(client, lines), endpoint=CHAT, completion_window="24h")
     wait_until(client, batch.id, lambda b: b.request_counts.completed >= 8, poll=0.3)
     cancelling = client.batches.cancel(batch.id)
@@ -274,3 +279,28 @@ def test_cancel_stops_the_job_and_keeps_what_finished(lane: BatchLane):
     )
     # Stopped by the cancel, or ended by the runner itself when it saw the cancel between parts.
     assert status_text(jobs.get_job_status(lane.record(batch.id).job_id)) in {"STOPPED", "SUCCEEDED"}
+
+
+def test_dedicated_engine_runs_a_batch_beside_serving(lane: BatchLane):
+    """`batch.engine: dedicated`: the job starts a ray.data.llm engine on the batch lane's resources."""
+    config_file = lane.project.path / "raylane.yaml"
+    config_file.write_text(
+        yaml.safe_dump({**yaml.safe_load(config_file.read_text()), "batch": DEDICATED_SETTINGS})
+    )
+    redeployed = lane.project.cli("serve", "deploy", str(lane.serving_file), timeout=900)
+    assert redeployed.returncode == 0, redeployed.stderr
+    client = lane.client()
+    good = [chat_line(f"d{i}", f"Name a colour {i}", max_tokens=5, ignore_eos=True) for i in range(6)]
+    bad = [chat_line("too-long", "word " * 600), chat_line("streamed", "hi", stream=True)]
+    batch = client.batches.create(
+        input_file_id=upload(client, bad + good), endpoint=CHAT, completion_window="24h"
+    )
+    done = wait_until(client, batch.id, lambda b: b.status == "completed")
+    assert (done.request_counts.completed, done.request_counts.failed) == (6, 2)
+    outputs = read_jsonl(client, done.output_file_id)
+    assert [o["custom_id"] for o in outputs] == [g["custom_id"] for g in good]
+    assert all(o["response"]["body"]["usage"]["completion_tokens"] == 5 for o in outputs)
+    errors = {e["custom_id"]: e["response"] for e in read_jsonl(client, done.error_file_id)}
+    assert {name: e["status_code"] for name, e in errors.items()} == {"too-long": 400, "streamed": 400}
+    logs = lane.project.cli("jobs", "logs", lane.record(batch.id).job_id).stdout
+    assert "dedicated engine" in logs

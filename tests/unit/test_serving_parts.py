@@ -8,7 +8,7 @@ from raylane.config import ModelConfig, RaylaneConfig
 from raylane.db import KeyInfo
 from raylane.errors import InvalidRequestError
 from raylane.serve.deploy import base_url, parse_model_flag, with_models
-from raylane.serve.gateway import _apply_token_cap, _bearer, _route_path
+from raylane.serve.gateway import _bearer, _route_path, apply_token_cap
 from raylane.serve.limits import SlidingWindow
 from raylane.serve.options import engine_settings
 from raylane.serve.sse import UsageTap
@@ -55,15 +55,15 @@ def test_usage_tap_hides_only_the_usage_event():
 
 
 def test_token_cap_rejects_above_and_fills_in_when_missing():
-    capped = key(max_tokens=16)
+    capped = 16
     with pytest.raises(InvalidRequestError) as exc:
-        _apply_token_cap({"messages": [], "max_tokens": 17}, capped)
+        apply_token_cap({"messages": [], "max_tokens": 17}, capped)
     assert exc.value.param == "max_tokens"
     body = {"messages": []}
-    assert _apply_token_cap(body, capped) is True and body["max_tokens"] == 16
-    assert _apply_token_cap({"prompt": "x", "max_completion_tokens": 16}, capped) is False
-    assert _apply_token_cap({"input": ["x"]}, capped) is False  # embeddings generate nothing
-    assert _apply_token_cap({"messages": [], "max_tokens": 10**9}, key()) is False
+    assert apply_token_cap(body, capped) is True and body["max_tokens"] == 16
+    assert apply_token_cap({"prompt": "x", "max_completion_tokens": 16}, capped) is False
+    assert apply_token_cap({"input": ["x"]}, capped) is False  # embeddings generate nothing
+    assert apply_token_cap({"messages": [], "max_tokens": 10**9}, None) is False
 
 
 def test_bearer_and_route_path():
@@ -97,12 +97,13 @@ def test_engine_settings_map_resources_and_tasks():
     )
     assert gpu["placement_group_config"]["bundle_per_worker"] == {"CPU": 1.0, "GPU": 0.5}
     assert gpu["accelerator_config"] == {"kind": "gpu"}
-    assert gpu["engine_kwargs"] == {"dtype": "bf16"}  # no CPU defaults on GPU
+    # No CPU defaults on GPU; priority scheduling so batch requests yield to online ones.
+    assert gpu["engine_kwargs"] == {"scheduling_policy": "priority", "dtype": "bf16"}
     assert gpu["runtime_env"]["env_vars"] == {}
     embed = engine_settings(
         ModelConfig(name="e", source="/m", task="embed", autoscaling={"min_replicas": 0, "max_replicas": 3}),
         max_ongoing_requests=8,
     )
-    assert embed["engine_kwargs"]["runner"] == "pooling"
+    assert embed["engine_kwargs"]["runner"] == "pooling" and "scheduling_policy" not in embed["engine_kwargs"]
     assert embed["deployment_config"]["autoscaling_config"]["min_replicas"] == 0
     assert embed["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"

@@ -1,8 +1,10 @@
 """From batch lines to engine rows, and from engine rows back to OpenAI output lines.
 
-The engine is ``ray.data.llm``'s vLLM stage: it takes rows with a ``prompt`` (or token ids) and
-``sampling_params``/``pooling_params`` and adds ``generated_text``, token counts, ``embeddings``
-or ``__inference_error__``. This module is the OpenAI protocol on either side of it:
+Used with ``batch.engine: dedicated`` (a serving replica speaks OpenAI itself, see
+:mod:`raylane.batch.serving`). The engine is then ``ray.data.llm``'s vLLM stage: it takes rows
+with a ``prompt`` (or token ids) and ``sampling_params``/``pooling_params`` and adds
+``generated_text``, token counts, ``embeddings`` or ``__inference_error__``. This module is the OpenAI
+protocol on either side of it:
 
 * :func:`plan` turns each validated line into one engine row per prompt (a completions ``prompt``
   list or an embeddings ``input`` list becomes several rows), applying the chat template for chat
@@ -137,14 +139,27 @@ def _sampling(body: dict[str, Any], cap: int | None, *, default_tokens: int) -> 
 # -- output lines ------------------------------------------------------------------------------
 
 
-def output_line(custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
-    """A line of the output file: the response vLLM's server would have sent for the request."""
+def response_line(custom_id: str, response: dict[str, Any]) -> dict[str, Any]:
+    """A line of the output or error file around a ``{"status_code", "request_id", "body"}`` response.
+
+    Example:
+        >>> line = response_line("a", {"status_code": 200, "request_id": "req_1", "body": {}})
+        >>> line["custom_id"], line["id"].startswith("batch_req_"), line["error"]
+        ('a', True, None)
+    """
     return {
         "id": "batch_req_" + secrets.token_hex(12),
         "custom_id": custom_id,
-        "response": {"status_code": 200, "request_id": "req_" + secrets.token_hex(12), "body": body},
+        "response": response,
         "error": None,
     }
+
+
+def output_line(custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A line of the output file: the response vLLM's server would have sent for the request."""
+    return response_line(
+        custom_id, {"status_code": 200, "request_id": "req_" + secrets.token_hex(12), "body": body}
+    )
 
 
 def error_line(custom_id: str, status: int, message: str, *, param: str | None = None) -> dict[str, Any]:
@@ -155,16 +170,10 @@ def error_line(custom_id: str, status: int, message: str, *, param: str | None =
         'invalid_request_error'
     """
     kind = "invalid_request_error" if status < 500 else "server_error"
-    return {
-        "id": "batch_req_" + secrets.token_hex(12),
-        "custom_id": custom_id,
-        "response": {
-            "status_code": status,
-            "request_id": "req_" + secrets.token_hex(12),
-            "body": {"error": {"message": message, "type": kind, "param": param, "code": None}},
-        },
-        "error": None,
-    }
+    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    return response_line(
+        custom_id, {"status_code": status, "request_id": "req_" + secrets.token_hex(12), "body": body}
+    )
 
 
 def is_success(line: dict[str, Any]) -> bool:

@@ -1,17 +1,21 @@
-"""The batch job: one Ray job per batch runs its requests through vLLM with ``ray.data.llm``.
+"""The batch job: one Ray job per batch runs its requests through vLLM.
 
 ``python -m raylane.batch.runner --batch-id batch_...`` (the Gateway submits it; ``jobs/batch.py``
 is the same main). The job:
 
 1. reads the batch record and its input file, and the parts earlier attempts wrote: every
    ``custom_id`` already answered is skipped (a restarted job resumes, nothing runs twice);
-2. plans engine rows (chat template applied here, with the model's own tokenizer) and answers
-   unusable bodies with error lines at once;
-3. runs the rest through ``ray.data.llm``'s vLLM stage (``build_processor``) on the batch lane's
-   resources, at a lower OS priority than online serving, writing one part per finished engine
-   call and updating ``request_counts``; a cancel or the end of the completion window stops it
-   between parts;
-4. finalizes: output and error files, usage, final status (see :mod:`raylane.batch.results`).
+2. runs the rest on the batch engine, writing one part per finished engine call and updating
+   ``request_counts``; a cancel or the end of the completion window stops it between parts.
+   The engine is ``batch.engine``:
+
+   * ``serving`` (default): the model's warm serving replicas, at a lower vLLM priority than
+     online requests (:mod:`raylane.batch.serving`); nothing to start;
+   * ``dedicated``: ``ray.data.llm``'s vLLM stage (``build_processor``) started by this job on the
+     batch lane's own resources, at a lower OS priority than serving; the job renders chat
+     prompts with the model's tokenizer and answers unusable bodies at once
+     (:mod:`raylane.batch.requests`);
+3. finalizes: output and error files, usage, final status (see :mod:`raylane.batch.results`).
 
 Example:
     $ python -m raylane.batch.runner --batch-id batch_0123456789abcdef01234567
@@ -24,6 +28,7 @@ import json
 import os
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,7 @@ from pydantic import BaseModel
 from raylane.batch.requests import Collector, is_success, plan
 from raylane.batch.results import finalize, read_parts, write_part
 from raylane.batch.schema import BatchLine, validate_input
+from raylane.batch.serving import serving_outputs
 from raylane.batch.store import TERMINAL_STATUSES, BatchStore
 from raylane.config import BatchConfig, ModelConfig, RaylaneConfig
 from raylane.db import BatchRecord, MetadataStore
@@ -128,6 +134,41 @@ class _Progress:
 def _run(
     config: RaylaneConfig, record: BatchRecord, todo: list[BatchLine], progress: _Progress
 ) -> str | None:
+    if config.batch.engine == "serving":
+        outputs = serving_outputs(config, record, todo)
+    else:
+        outputs = _dedicated_outputs(config, record, todo)
+    first_answer_at = None
+    tokens = 0
+    with closing(outputs):  # a stop closes it, which cancels the engine calls still in flight
+        for lines in outputs:
+            generated = sum(_completion_tokens(line) for line in lines if is_success(line))
+            if generated and first_answer_at is None:
+                first_answer_at = time.perf_counter()
+            tokens += generated
+            if stop := progress.write(lines):
+                return stop
+    if first_answer_at is not None:
+        # From the first generated answer to the last: the generation phase, start-up excluded.
+        ready_s = first_answer_at - progress.started
+        generate_s = max(time.perf_counter() - first_answer_at, 1e-6)
+        print(
+            f"batch {record.id}: {config.batch.engine} engine; first answers after {ready_s:.1f}s; "
+            f"generation: {tokens / generate_s:.0f} tok/s over {generate_s:.1f}s",
+            flush=True,
+        )
+    return None
+
+
+def _completion_tokens(line: dict[str, Any]) -> int:
+    usage = line["response"]["body"].get("usage") or {}
+    return int(usage.get("completion_tokens") or 0)
+
+
+def _dedicated_outputs(
+    config: RaylaneConfig, record: BatchRecord, todo: list[BatchLine]
+) -> Iterator[list[dict[str, Any]]]:
+    """Output lines from a ray.data.llm engine this job starts, one list per finished engine call."""
     model = ModelConfig.model_validate(record.engine["model"])
     local_path = _local_model(config, model.source)
     render_chat = _chat_renderer(local_path) if record.endpoint == "/v1/chat/completions" else None
@@ -138,30 +179,14 @@ def _run(
         render_chat=render_chat,
         max_tokens_cap=record.engine.get("max_tokens_cap"),
     )
-    if stop := progress.write(failed):
-        return stop
+    if failed:
+        yield failed
     if not rows:
-        return None
+        return
     formats = {line.custom_id: str(line.body.get("encoding_format") or "float") for line in todo}
     collector = Collector(record.endpoint, record.model or model.name, formats)
-    first_output_at = None
-    tokens = 0
     for rows_out in _engine_outputs(config.batch, model, local_path, rows):
-        first_output_at = first_output_at or time.perf_counter()
-        tokens += sum(int(row.get("num_generated_tokens") or 0) for row in rows_out)
-        lines = [line for row in rows_out for line in collector.add(row)]
-        if stop := progress.write(lines):
-            return stop
-    if first_output_at is not None:
-        # From the first finished engine call to the last: the generation phase, start-up excluded.
-        ready_s = first_output_at - progress.started
-        generate_s = max(time.perf_counter() - first_output_at, 1e-6)
-        print(
-            f"batch {record.id}: {len(rows)} engine rows; first results after {ready_s:.1f}s; "
-            f"generation: {tokens / generate_s:.0f} tok/s over {generate_s:.1f}s",
-            flush=True,
-        )
-    return None
+        yield [line for row in rows_out for line in collector.add(row)]
 
 
 def _engine_outputs(

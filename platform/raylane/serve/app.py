@@ -29,8 +29,7 @@ from raylane.errors import ConfigError
 from raylane.serve.engines import ModelServer, llm_config_for, resolve_model_source
 from raylane.serve.gateway import Gateway
 from raylane.serve.hardening import bind_replica_grpc_to_node_ip
-
-DEPLOYMENT_PREFIX = "raylane:"
+from raylane.serve.options import DEPLOYMENT_PREFIX
 
 
 def build_app(args: RaylaneConfig | dict[str, Any] | None = None) -> Any:

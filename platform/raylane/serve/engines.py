@@ -6,7 +6,9 @@ Ray's vLLM wrapper as is; :class:`ModelServer` only adds two things:
 * the model source is resolved on the replica's own node (a path, an ``s3://`` URI, or a registry
   ``name@version`` downloaded once into a local cache), so replicas on any node load the same files;
 * with ``gateway=True`` the replica is the application's ingress and serves vLLM's own OpenAI app
-  behind the raylane Gateway, in one process: the one-hop fast path.
+  behind the raylane Gateway, in one process: the one-hop fast path;
+* :meth:`ModelServer.run_batch` takes a batch job's requests, many per Serve call, at a lower vLLM
+  priority than online traffic (see :mod:`raylane.batch.serving`).
 
 The mapping from ``models:`` entries to ``LLMConfig`` fields is :mod:`raylane.serve.options`.
 """
@@ -57,6 +59,14 @@ class ModelServer(LLMServer):
         self._raylane_config = raylane_config
         self._gateway = gateway
         await super().__init__(llm_config)
+
+    async def run_batch(
+        self, endpoint: str, bodies: list[dict[str, Any]], priority: int
+    ) -> list[dict[str, Any]]:
+        """Answer a batch job's request bodies on this replica's engine (one response each, in order)."""
+        from raylane.batch.serving import answer
+
+        return await answer(self, endpoint, bodies, priority)
 
     async def __serve_build_asgi_app__(self) -> Any:
         app = await super().__serve_build_asgi_app__()

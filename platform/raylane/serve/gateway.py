@@ -232,7 +232,7 @@ class Gateway:
             exchange.model = model
             if not self._visible(key, model):
                 raise _model_not_found(model)
-        changed = _apply_token_cap(body, key)
+        changed = apply_token_cap(body, key.max_tokens)
         if body.get("stream") is True:
             exchange.stream = True
             options = body.get("stream_options")
@@ -380,21 +380,29 @@ def _model_not_found(model: str) -> NotFoundError:
     return NotFoundError(f"The model `{model}` does not exist.", param="model", code="model_not_found")
 
 
-def _apply_token_cap(body: dict[str, Any], key: KeyInfo) -> bool:
-    """Enforce the key's max_tokens cap; returns whether the body changed."""
-    if key.max_tokens is None or "input" in body and "messages" not in body and "prompt" not in body:
+def apply_token_cap(body: dict[str, Any], cap: int | None) -> bool:
+    """Enforce a key's max_tokens cap on a request body; returns whether the body changed.
+
+    Online requests and batch lines go through the same rule.
+
+    Example:
+        >>> body = {"messages": []}
+        >>> apply_token_cap(body, 64), body["max_tokens"]
+        (True, 64)
+    """
+    if cap is None or "input" in body and "messages" not in body and "prompt" not in body:
         return False  # no cap, or an embeddings request (nothing is generated)
     asked = [(name, body[name]) for name in TOKEN_FIELDS if body.get(name) is not None]
     for name, value in asked:
-        if isinstance(value, int) and value > key.max_tokens:
+        if isinstance(value, int) and value > cap:
             raise InvalidRequestError(
-                f"{name}={value} is above this key's limit of {key.max_tokens}.",
+                f"{name}={value} is above this key's limit of {cap}.",
                 param=name,
                 code="max_tokens_exceeded",
             )
     if asked:
         return False
-    body["max_tokens"] = key.max_tokens
+    body["max_tokens"] = cap
     return True
 
 

@@ -14,6 +14,17 @@ from typing import Any
 from raylane.config import ModelConfig
 
 CPU_ENGINE_DEFAULTS: dict[str, Any] = {"enforce_eager": True}  # CUDA graphs do not exist on CPU
+DEPLOYMENT_PREFIX = "raylane:"
+
+
+def deployment_name(model_name: str) -> str:
+    """The Serve deployment that serves ``model_name`` (Ray's naming, behind raylane's prefix).
+
+    Example:
+        >>> deployment_name("org/tiny-1.5b")
+        'raylane:org--tiny-1_5b'
+    """
+    return DEPLOYMENT_PREFIX + model_name.replace("/", "--").replace(".", "_")
 
 
 def engine_settings(
@@ -23,6 +34,10 @@ def engine_settings(
     engine_kwargs = dict(CPU_ENGINE_DEFAULTS) if model.accelerator == "cpu" else {}
     if model.task == "embed":
         engine_kwargs["runner"] = "pooling"
+    else:
+        # Batch requests reach serving engines with a higher priority number than online ones
+        # (0): vLLM then schedules online requests first and preempts batch ones for KV space.
+        engine_kwargs["scheduling_policy"] = "priority"
     engine_kwargs.update(model.engine_kwargs)
     bundle: dict[str, float] = {"CPU": float(model.num_cpus)}
     if model.accelerator == "gpu":
