@@ -21,6 +21,7 @@ setup:
 	$(BIN)/uv pip install -p $(BIN)/python $(TORCH_SOURCE) \
 	    --overrides cluster/local/uv-overrides-cpu.txt --excludes cluster/local/uv-excludes.txt \
 	    -e ".[$(EXTRAS)]"
+	bash cluster/local/install-prometheus.sh
 
 # The local cluster stays up afterwards: open the dashboard, then `.venv/bin/raylane down`.
 demo: $(BIN)/raylane

@@ -18,12 +18,13 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from raylane import cli_batch, cli_data, cli_metadata, cli_serve, cluster
+from raylane import cli_batch, cli_data, cli_metadata, cli_serve, cluster, lanes
+from raylane import monitoring as monitoring_lib
 from raylane.cli_common import ConfigOption, JsonOption, err, fmt_time, load, out
 from raylane.config import RaylaneConfig, json_schema, load_config
 from raylane.errors import JobError, RaylaneError
@@ -56,16 +57,29 @@ def up(
     config_path: ConfigOption = None,
     num_cpus: Annotated[float | None, typer.Option(help="Logical CPUs of the head.")] = None,
     object_store_memory: Annotated[int | None, typer.Option(help="Object store size in bytes.")] = None,
+    monitoring: Annotated[
+        bool, typer.Option("--monitoring", help="Also start Prometheus (monitoring.prometheus_port).")
+    ] = False,
 ) -> None:
     """Start the local Ray head (127.0.0.1 only) with Serve; a second `up` reports the running one."""
-    config = load(config_path, **{"ray.num_cpus": num_cpus, "ray.object_store_memory": object_store_memory})
+    config = load(
+        config_path,
+        **{
+            "ray.num_cpus": num_cpus,
+            "ray.object_store_memory": object_store_memory,
+            "monitoring.enabled": monitoring or None,
+        },
+    )
     started = time.perf_counter()
     record, started_now = cluster.up(config)
+    prometheus = monitoring_lib.start(config, Path(record.temp_dir)) if config.monitoring.enabled else None
     verb = f"started in {time.perf_counter() - started:.1f}s" if started_now else "already running"
     out.print(f"raylane head {verb} (pid {record.pid})")
     out.print(f"  dashboard   {record.dashboard_url}")
     out.print(f"  API         {record.serve_url}/v1")
     out.print(f"  metrics     {record.metrics_url}")
+    if prometheus is not None:
+        out.print(f"  prometheus  {prometheus.url}")
     out.print(f"  cluster     {record.gcs_address}   (ray.init(address=...))")
     out.print(f"  auth        RAY_AUTH_MODE={config.ray.auth_mode}" + _token_hint(config))
     out.print(f"  storage     {config.storage.root}")
@@ -80,6 +94,8 @@ def _token_hint(config: RaylaneConfig) -> str:
 def down(config_path: ConfigOption = None) -> None:
     """Stop the local head that `raylane up` started (only its own processes)."""
     config = load(config_path)
+    if prometheus := monitoring_lib.stop(config):
+        out.print(f"prometheus stopped (pid {prometheus.pid})")
     record = cluster.down(config)
     out.print(f"raylane head stopped (pid {record.pid})" if record else "no raylane head is running")
 
@@ -94,7 +110,12 @@ def status(config_path: ConfigOption = None, as_json: JsonOption = False) -> Non
     from raylane.submit import job_client
 
     jobs = [
-        {"id": j.submission_id, "status": status_text(j.status), "entrypoint": j.entrypoint}
+        {
+            "id": j.submission_id,
+            "status": status_text(j.status),
+            "entrypoint": j.entrypoint,
+            "lane": (j.metadata or {}).get("raylane_lane"),
+        }
         for j in job_client(dashboard).list_jobs()
         if j.submission_id and status_text(j.status) in {"PENDING", "RUNNING"}
     ]
@@ -106,6 +127,7 @@ def status(config_path: ConfigOption = None, as_json: JsonOption = False) -> Non
         "head_memory_mib": round(record.memory_bytes() / 2**20) if record else None,
         "running_jobs": jobs,
         "serve_apps": apps,
+        "lanes": lanes.usage_report(config, summary["resources"], jobs),
     }
     if as_json:
         out.print_json(data=report)
@@ -118,10 +140,22 @@ def status(config_path: ConfigOption = None, as_json: JsonOption = False) -> Non
     for name, amount in sorted(summary["resources"].items()):
         resources.add_row(name, _fmt_amount(name, amount["used"]), _fmt_amount(name, amount["total"]))
     out.print(resources)
+    out.print(_lanes_table(report["lanes"]))
     for demand in summary["pending_demand"]:
-        out.print(f"pending     {demand}")
+        shape = ", ".join(f"{name} {amount:g}" for name, amount in demand["resources"].items())
+        out.print(f"pending     {demand['count']} {demand['kind']} ({shape}): {demand['reason']}")
     out.print(f"jobs        {len(jobs)} running" + "".join(f"\n  {j['id']}  {j['status']}" for j in jobs))
     out.print(f"serve apps  {len(apps)}" + "".join(f"\n  {name}  {state}" for name, state in apps.items()))
+
+
+def _lanes_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(
+        "lane", "priority", "nice", "cpu used/quota", "gpu used/quota", "jobs", box=None, pad_edge=False
+    )
+    for row in rows:
+        quotas = [f"{row[k]['used']:g}/{row[k]['quota']:g}" if row[k] else "-/none" for k in ("cpu", "gpu")]
+        table.add_row(row["lane"], str(row["priority"]), str(row["niceness"]), *quotas, str(len(row["jobs"])))
+    return table
 
 
 def _fmt_amount(name: str, amount: float) -> str:

@@ -33,6 +33,7 @@ from typing import Any
 
 import psutil
 
+from raylane import lanes
 from raylane.config import RaylaneConfig, mask_url_password
 from raylane.errors import ClusterError, ClusterNotRunningError, PortInUseError
 
@@ -266,6 +267,8 @@ def _ray_start_command(config: RaylaneConfig, temp_dir: Path) -> list[str]:
         cmd += ["--num-gpus", _number(config.ray.num_gpus)]
     if config.ray.object_store_memory is not None:
         cmd += ["--object-store-memory", str(config.ray.object_store_memory)]
+    if lane_quotas := lanes.cluster_resources(config):
+        cmd += ["--resources", json.dumps(lane_quotas)]
     return cmd
 
 
@@ -294,6 +297,10 @@ def head_environment(config: RaylaneConfig) -> dict[str, str]:
     env["RAYLANE_CONFIG_JSON"] = json.dumps(config.job_dict())
     if config.ray.serve_throughput_optimized:
         env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    if config.monitoring.enabled:  # the dashboard's metrics views read from it
+        env.setdefault(
+            "RAY_PROMETHEUS_HOST", f"http://{config.ray.bind_host}:{config.monitoring.prometheus_port}"
+        )
     return env
 
 
@@ -428,8 +435,25 @@ def cluster_summary(config: RaylaneConfig, dashboard: str) -> dict[str, Any]:
         if not name.startswith("node:")
     }
     active = (data.get("autoscalerReport") or {}).get("activeNodes") or {}
-    pending = [{_snake(k): v for k, v in demand.items()} for demand in report.get("resourceDemand") or []]
+    pending = _pending_demand(report)
+    for demand in pending:
+        demand["reason"] = lanes.pending_reason(demand["resources"], resources)
     return {"nodes": sum(active.values()), "resources": resources, "pending_demand": pending}
+
+
+def _pending_demand(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Tasks/actors and placement groups waiting for resources, from the autoscaler's report."""
+    pending = []
+    for bundle, count in report.get("resourceDemand") or []:
+        resources = {_snake(name): amount for name, amount in bundle.items()}
+        pending.append({"kind": "tasks/actors", "resources": resources, "count": count})
+    for group, count in report.get("pgDemand") or []:
+        total: dict[str, float] = {}
+        for bundle, bundles in group.get("bundles") or []:
+            for name, amount in bundle.items():
+                total[_snake(name)] = total.get(_snake(name), 0) + amount * bundles
+        pending.append({"kind": "placement groups", "resources": total, "count": count})
+    return pending
 
 
 def _snake(name: str) -> str:

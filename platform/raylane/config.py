@@ -30,7 +30,7 @@ CONFIG_FILE_NAME = "raylane.yaml"
 ENV_PREFIX = "RAYLANE_"
 # RAYLANE_* variables that are not settings: what the CLI, clients and batch processes read themselves.
 CONTROL_ENV_VARS = frozenset(
-    {"RAYLANE_CONFIG", "RAYLANE_DEBUG", "RAYLANE_CONFIG_JSON", "RAYLANE_API_KEY", "RAYLANE_BATCH_NICE"}
+    {"RAYLANE_CONFIG", "RAYLANE_DEBUG", "RAYLANE_CONFIG_JSON", "RAYLANE_API_KEY", "RAYLANE_LANE_NICE"}
 )
 LaneName = Literal["etl", "train", "serve", "batch"]
 
@@ -133,23 +133,26 @@ class DatabaseConfig(_Model):
 
 
 class LaneConfig(_Model):
-    """A lane's share of the cluster. Quotas become Ray custom resources at `raylane up`."""
+    """A lane's share of the cluster (see :mod:`raylane.lanes`)."""
 
     cpus: float | None = Field(
-        None, ge=0, description="Logical CPUs the lane may hold at once. Unset: no cap."
+        None,
+        ge=0,
+        description="Logical CPUs the lane may hold at once (a Ray custom resource). Unset: no cap.",
     )
-    gpus: float | None = Field(None, ge=0, description="GPUs the lane may hold at once. Unset: no cap.")
-    memory_gb: float | None = Field(None, ge=0, description="Memory the lane may reserve. Unset: no cap.")
-    priority: int = Field(0, description="Higher wins when lanes compete; serving should be highest.")
+    gpus: float | None = Field(
+        None, ge=0, description="GPUs the lane may hold at once (a Ray custom resource). Unset: no cap."
+    )
+    priority: int = Field(
+        0, description="Higher gets the CPU first (OS niceness of the lane's processes); serving is highest."
+    )
+
+
+DEFAULT_LANE_PRIORITIES = {"serve": 100, "train": 50, "etl": 40, "batch": 10}
 
 
 def _default_lanes() -> dict[str, LaneConfig]:
-    return {
-        "serve": LaneConfig(priority=100),
-        "train": LaneConfig(priority=50),
-        "etl": LaneConfig(priority=40),
-        "batch": LaneConfig(priority=10),
-    }
+    return {lane: LaneConfig(priority=priority) for lane, priority in DEFAULT_LANE_PRIORITIES.items()}
 
 
 class AutoscalingConfig(_Model):
@@ -220,6 +223,18 @@ class BatchConfig(_Model):
         ge=1,
         description="serving engine: vLLM priority of batch requests (online is 0; lower runs first).",
     )
+    online_busy_requests: int | None = Field(
+        4,
+        ge=0,
+        description="serving engine: batch requests wait to start while more online requests than this "
+        "are in flight on the replica. Null: never wait.",
+    )
+    online_busy_ttfb_ms: float | None = Field(
+        None,
+        gt=0,
+        description="serving engine: batch requests also wait while the replica's recent online time to "
+        "first byte is above this. Null: not used.",
+    )
     num_cpus: float = Field(1, ge=0, description="dedicated engine: logical CPUs (its placement bundle).")
     num_gpus: float = Field(0, ge=0, description="dedicated engine: GPUs; fractions share a GPU.")
     concurrency: int = Field(1, ge=1, description="dedicated engine: replicas per batch (data parallel).")
@@ -235,15 +250,21 @@ class BatchConfig(_Model):
     cpu_kv_cache_gb: float | None = Field(
         None, gt=0, description="dedicated CPU engine: KV cache GiB. Unset: the model's cpu_kv_cache_gb."
     )
-    nice: int = Field(
-        10,
-        ge=0,
-        le=19,
-        description="Niceness of batch processes above Ray workers (serving replicas): serving wins the CPU.",
-    )
     max_attempts: int = Field(
         3, ge=1, description="Times a batch's job is started; a restart resumes where the last stopped."
     )
+
+
+class MonitoringConfig(_Model):
+    """Prometheus beside the local head (`raylane up --monitoring`)."""
+
+    enabled: bool = Field(
+        False, description="Start Prometheus with the local head (`raylane up --monitoring`)."
+    )
+    prometheus_port: int = Field(9090, ge=1, le=65535, description="Prometheus port (on ray.bind_host).")
+    prometheus_bin: str = Field("prometheus", description="Prometheus binary (Debian package `prometheus`).")
+    scrape_interval_s: float = Field(5, gt=0, description="How often Prometheus scrapes Ray's endpoints.")
+    retention: str = Field("7d", description="How long Prometheus keeps samples.")
 
 
 class RaylaneConfig(_Model):
@@ -259,11 +280,25 @@ class RaylaneConfig(_Model):
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Storage root.")
     database: DatabaseConfig = Field(default_factory=DatabaseConfig, description="Metadata database.")
     lanes: dict[LaneName, LaneConfig] = Field(
-        default_factory=_default_lanes, description="Per-lane quotas and priorities."
+        default_factory=_default_lanes,
+        description="Per-lane quotas and priorities; a lane or field left out keeps its default.",
     )
     models: list[ModelConfig] = Field(default_factory=list, description="Models the serving lane deploys.")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Online serving lane.")
     batch: BatchConfig = Field(default_factory=BatchConfig, description="Batch lane.")
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig, description="Local Prometheus.")
+
+    @field_validator("lanes", mode="before")
+    @classmethod
+    def _over_default_lanes(cls, value: Any) -> Any:
+        """``lanes: {train: {cpus: 2}}`` sets train's quota; every other setting keeps its default."""
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = {lane: {"priority": p} for lane, p in DEFAULT_LANE_PRIORITIES.items()}
+        for lane, settings in value.items():
+            given = settings.model_dump(exclude_unset=True) if isinstance(settings, LaneConfig) else settings
+            merged[lane] = {**merged.get(lane, {}), **(given or {})} if isinstance(given, dict) else given
+        return merged
 
     def model_post_init(self, _context: Any) -> None:
         # Fill the embedded defaults, which depend on the project dir, once.

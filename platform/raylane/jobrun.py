@@ -59,6 +59,9 @@ def run_job(
 
 def execute(params: Callable[[], P], run: Callable[[RaylaneConfig, P], dict[str, Any]]) -> None:
     """Read the params, connect to Ray, run, print the result line and exit (see the module doc)."""
+    from raylane.lanes import lower_priority
+
+    lower_priority()  # the driver too runs at its lane's niceness (when the job has a lane)
     try:
         job_params = params()
         config = load_config()

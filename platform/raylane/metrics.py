@@ -18,7 +18,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ray.util.metrics import Counter, Histogram
+    from ray.util.metrics import Counter, Gauge, Histogram
 
 GATEWAY_TAGS = ("model", "key")
 # Seconds: a tiny CPU model answers in tens of ms, a large GPU model streams for minutes.
@@ -81,4 +81,73 @@ def gateway_metrics() -> GatewayMetrics:
         completion_tokens=counter("completion_tokens_total", "Completion tokens generated."),
         time_to_first_token=histogram("time_to_first_token_seconds", "Time to the first streamed token."),
         latency=histogram("request_latency_seconds", "End-to-end request latency."),
+    )
+
+
+@dataclass(frozen=True)
+class BatchMetrics:
+    """The batch lane's progress: requests answered (by model and outcome) and left, per batch."""
+
+    requests: Counter
+    remaining: Gauge
+
+    def observe(self, *, batch_id: str, model: str, completed: int, failed: int, remaining: int) -> None:
+        """Record one written part: ``completed``/``failed`` new answers, ``remaining`` to go."""
+        if completed:
+            self.requests.inc(completed, {"model": model, "outcome": "completed"})
+        if failed:
+            self.requests.inc(failed, {"model": model, "outcome": "failed"})
+        self.remaining.set(remaining, {"batch": batch_id, "model": model})
+
+
+@cache
+def batch_metrics() -> BatchMetrics:
+    """The batch job's metrics (created on first use, in the job's driver)."""
+    from ray.util.metrics import Counter, Gauge
+
+    return BatchMetrics(
+        requests=Counter(
+            "raylane_batch_requests_total",
+            description="Batch requests answered, by outcome.",
+            tag_keys=("model", "outcome"),
+        ),
+        remaining=Gauge(
+            "raylane_batch_remaining_requests",
+            description="Requests of a running batch not answered yet.",
+            tag_keys=("batch", "model"),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class TrainMetrics:
+    """A training run's progress, reported by rank 0 every ``log_every`` steps."""
+
+    step: Gauge
+    loss: Gauge
+    tokens_per_s: Gauge
+    val_loss: Gauge
+
+    def observe(self, run: str, metrics: dict[str, float]) -> None:
+        """Record the metrics a training step reported (the keys it has)."""
+        tags = {"run": run}
+        for name, gauge in (("step", self.step), ("loss", self.loss), ("tokens_per_s", self.tokens_per_s),
+                            ("val_loss", self.val_loss)):  # fmt: skip
+            if metrics.get(name) is not None:
+                gauge.set(float(metrics[name]), tags)
+
+
+@cache
+def train_metrics() -> TrainMetrics:
+    """The training loop's metrics (created on first use, in the rank-0 worker)."""
+    from ray.util.metrics import Gauge
+
+    def gauge(name: str, description: str) -> Gauge:
+        return Gauge(f"raylane_train_{name}", description=description, tag_keys=("run",))
+
+    return TrainMetrics(
+        step=gauge("step", "Optimizer steps done."),
+        loss=gauge("loss", "Training loss (mean over ranks)."),
+        tokens_per_s=gauge("tokens_per_second", "Training throughput, summed over ranks."),
+        val_loss=gauge("val_loss", "Validation loss at the last evaluation."),
     )

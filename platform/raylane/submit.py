@@ -34,6 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import raylane
+from raylane import lanes
 from raylane.config import RaylaneConfig, describe_validation_error, read_yaml_mapping
 from raylane.errors import ConfigError, JobError, NotFoundError
 
@@ -122,12 +123,18 @@ def submit(config: RaylaneConfig, dashboard: str, spec: JobSpec) -> str:
     """Submit a job config as a Ray job; returns the job id."""
     staging = _stage_working_dir(spec)
     try:
-        extra_env = spec.runtime_env.get("env_vars", {})
+        lane = lanes.lane_of_job(spec.job)
+        lane_env = lanes.job_runtime_env(config, lane) if lane else {"env_vars": {}}
         runtime_env = {
+            **lane_env,
             **spec.runtime_env,
             "working_dir": str(staging),
             "py_modules": [str(Path(raylane.__file__).parent)],
-            "env_vars": {**extra_env, "RAYLANE_CONFIG_JSON": json.dumps(config.job_dict())},
+            "env_vars": {
+                **lane_env["env_vars"],
+                **spec.runtime_env.get("env_vars", {}),
+                "RAYLANE_CONFIG_JSON": json.dumps(config.job_dict()),
+            },
         }
         job_id = (
             f"{spec.name or 'raylane-' + spec.job}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -137,10 +144,27 @@ def submit(config: RaylaneConfig, dashboard: str, spec: JobSpec) -> str:
             submission_id=job_id,
             runtime_env=runtime_env,
             entrypoint_num_cpus=spec.entrypoint_num_cpus,
-            metadata={"raylane_job": spec.job},
+            metadata={"raylane_job": spec.job, **_cost_metadata(config, dashboard, spec, lane)},
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _cost_metadata(config: RaylaneConfig, dashboard: str, spec: JobSpec, lane: str | None) -> dict[str, str]:
+    """The job's lane and the CPUs/GPUs it holds, for `raylane usage --by job` (Ray metadata is str)."""
+    from raylane.cluster import cluster_summary
+    from raylane.costs import job_resources
+
+    cluster_cpus = 0.0
+    if spec.job in ("etl", "docs"):  # they spread over the cluster: what is there now
+        cluster_cpus = float(cluster_summary(config, dashboard)["resources"].get("CPU", {}).get("total", 0))
+    cpus, gpus = job_resources(config, spec.job, spec.params, cluster_cpus)
+    cpus += spec.entrypoint_num_cpus
+    return {
+        **({"raylane_lane": lane} if lane else {}),
+        "raylane_cpus": f"{cpus:g}",
+        "raylane_gpus": f"{gpus:g}",
+    }
 
 
 def follow_logs(client: Any, job_id: str, write: Callable[[str], None]) -> str:

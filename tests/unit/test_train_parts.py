@@ -41,6 +41,12 @@ def test_capacity_check_keeps_cpus_for_ray_data():
         check_capacity(TrainParams(dataset="c", workers=2, cpus_per_worker=0.75), cluster_cpus=2)
     with pytest.raises(ConfigError, match="leave Ray Data's read tasks none"):
         check_capacity(TrainParams(dataset="c", workers=2, cpus_per_worker=1), cluster_cpus=2)
+    # The train lane's quota: one 0.5-CPU worker and a 0.25-CPU read fit in 0.75, two do not.
+    check_capacity(TrainParams(dataset="c", workers=1, cpus_per_worker=0.5), cluster_cpus=4, lane_cpus=0.75)
+    with pytest.raises(ConfigError, match="lanes.train.cpus"):
+        check_capacity(
+            TrainParams(dataset="c", workers=2, cpus_per_worker=0.5), cluster_cpus=4, lane_cpus=0.75
+        )
 
 
 def test_special_ids_come_from_the_chatml_tokens():

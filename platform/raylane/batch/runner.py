@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing
@@ -34,41 +33,24 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from raylane import lanes
 from raylane.batch.requests import Collector, is_success, plan
 from raylane.batch.results import finalize, read_parts, write_part
 from raylane.batch.schema import BatchLine, validate_input
 from raylane.batch.serving import serving_outputs
 from raylane.batch.store import TERMINAL_STATUSES, BatchStore
-from raylane.config import BatchConfig, ModelConfig, RaylaneConfig
+from raylane.config import ModelConfig, RaylaneConfig
 from raylane.db import BatchRecord, MetadataStore
+from raylane.metrics import batch_metrics
 from raylane.storage import Storage
 
-NICE_ENV = "RAYLANE_BATCH_NICE"
 MAP_CPUS = 0.25
-RAY_WORKER_NICENESS = 15  # what the raylet gives worker processes (drivers keep their own)
 
 
 class BatchJobParams(BaseModel):
     """What a batch job needs: the batch's id (everything else is in its record)."""
 
     batch_id: str
-
-
-def lower_priority() -> None:
-    """Lower this process below Ray's workers (serving replicas included) by ``batch.nice``.
-
-    The raylet starts every worker at niceness 15; a batch process goes to that plus
-    ``batch.nice``, capped at 19, whether it is the job's driver (which starts at 0) or a worker
-    (this is also the batch job's Ray ``worker_process_setup_hook``). vLLM's engine processes
-    inherit it from the engine actor.
-    """
-    extra = int(os.environ.get(NICE_ENV, "10"))
-    if extra <= 0:
-        return
-    target = min(19, RAY_WORKER_NICENESS + extra)
-    current = os.nice(0)
-    if target > current:
-        os.nice(target - current)
 
 
 def run_batch(config: RaylaneConfig, params: BatchJobParams) -> dict[str, Any]:
@@ -123,6 +105,16 @@ class _Progress:
             self.completed += ok
             self.failed += len(lines) - ok
             self.records.set_progress(self.record.id, completed=self.completed, failed=self.failed)
+            try:
+                batch_metrics().observe(
+                    batch_id=self.record.id,
+                    model=self.record.model or "",
+                    completed=ok,
+                    failed=len(lines) - ok,
+                    remaining=max(0, self.record.total - self.completed - self.failed),
+                )
+            except Exception as exc:  # noqa: BLE001 - metrics must never fail a batch
+                print(f"batch metrics unavailable: {exc}", flush=True)
         current = self.records.get_batch(self.record.id)
         if current.status == "cancelling":
             return "cancel"
@@ -185,12 +177,12 @@ def _dedicated_outputs(
         return
     formats = {line.custom_id: str(line.body.get("encoding_format") or "float") for line in todo}
     collector = Collector(record.endpoint, record.model or model.name, formats)
-    for rows_out in _engine_outputs(config.batch, model, local_path, rows):
+    for rows_out in _engine_outputs(config, model, local_path, rows):
         yield [line for row in rows_out for line in collector.add(row)]
 
 
 def _engine_outputs(
-    batch: BatchConfig, model: ModelConfig, local_path: Path, rows: list[dict[str, Any]]
+    config: RaylaneConfig, model: ModelConfig, local_path: Path, rows: list[dict[str, Any]]
 ) -> Iterator[list[dict[str, Any]]]:
     """Engine output rows, one list per finished engine call, as they finish."""
     import ray
@@ -198,6 +190,7 @@ def _engine_outputs(
 
     from raylane.serve.options import engine_settings
 
+    batch = config.batch
     settings = engine_settings(model, max_ongoing_requests=batch.batch_size)
     env_vars = settings["runtime_env"]["env_vars"]
     if model.accelerator == "cpu" and batch.cpu_kv_cache_gb:
@@ -205,6 +198,8 @@ def _engine_outputs(
     bundle = {"CPU": float(batch.num_cpus)}
     if model.accelerator == "gpu":
         bundle["GPU"] = float(batch.num_gpus or 1)
+    bundle.update(lanes.requests(config, "batch", cpus=bundle["CPU"], gpus=bundle.get("GPU", 0)))
+    map_options = lanes.task_options(config, "batch", MAP_CPUS)
     processor = build_processor(
         vLLMEngineProcessorConfig(
             model_source=str(local_path),
@@ -224,8 +219,8 @@ def _engine_outputs(
         ),
         # The processor wraps rows in and out of its data column with two row maps; they are light,
         # and a whole CPU each would not fit beside the engine and a serving replica on 2 cores.
-        preprocess_map_kwargs={"num_cpus": MAP_CPUS},
-        postprocess_map_kwargs={"num_cpus": MAP_CPUS},
+        preprocess_map_kwargs=map_options,
+        postprocess_map_kwargs=map_options,
     )
     dataset = processor(ray.data.from_items(rows))
     for batch_rows in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -286,7 +281,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run one batch of the OpenAI Batch API.")
     parser.add_argument("--batch-id", required=True)
     args = parser.parse_args(argv)
-    lower_priority()
     execute(lambda: BatchJobParams(batch_id=args.batch_id), run_batch)
 
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import raylane
+from raylane import lanes
 from raylane.batch.results import file_path, finalize
-from raylane.batch.runner import NICE_ENV
 from raylane.batch.schema import (
     COMPLETION_WINDOWS,
     ENDPOINTS,
@@ -38,6 +38,7 @@ from raylane.batch.schema import (
 )
 from raylane.batch.store import ACTIVE_STATUSES, BatchStore, new_id
 from raylane.config import RaylaneConfig
+from raylane.costs import job_resources
 from raylane.db import BatchRecord, KeyInfo, MetadataStore
 from raylane.errors import InvalidRequestError, PayloadTooLargeError
 from raylane.storage import Storage
@@ -240,19 +241,27 @@ class BatchService:
             logger.warning("batch %s: submitting %s failed: %s", record.id, job_id, exc)
 
     def _submit(self, record: BatchRecord, job_id: str) -> None:
+        lane_env = lanes.job_runtime_env(self.config, "batch")  # batch runs at its lane's niceness
+        cpus, gpus = job_resources(self.config, "batch", {}, cluster_cpus=0)
         self._jobs().submit_job(
             entrypoint=f"python -m raylane.batch.runner --batch-id {record.id}",
             submission_id=job_id,
             runtime_env={
+                **lane_env,
                 "py_modules": [str(Path(raylane.__file__).parent)],
                 "env_vars": {
+                    **lane_env["env_vars"],
                     "RAYLANE_CONFIG_JSON": json.dumps(self.config.job_dict()),
-                    NICE_ENV: str(self.config.batch.nice),
                 },
-                "worker_process_setup_hook": "raylane.batch.runner.lower_priority",
             },
             entrypoint_num_cpus=0,
-            metadata={"raylane_job": "batch", "batch_id": record.id},
+            metadata={
+                "raylane_job": "batch",
+                "raylane_lane": "batch",
+                "batch_id": record.id,
+                "raylane_cpus": f"{cpus:g}",
+                "raylane_gpus": f"{gpus:g}",
+            },
         )
 
     def _jobs(self) -> Any:

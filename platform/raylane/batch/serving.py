@@ -5,9 +5,15 @@ deployment over a handle, ``batch.batch_size`` requests per call and up to
 ``batch.max_concurrent_batches`` calls at a time. The replica runs every request through the
 same vLLM OpenAI layer as online traffic (:func:`answer`, which ``ModelServer.run_batch`` calls),
 so a batch pays no engine start-up and its response bodies are exactly what the online endpoint
-would have answered. Batch requests carry vLLM priority ``batch.priority`` (online ones carry 0;
-serving engines run with ``scheduling_policy=priority``), so inside the engine online requests
-are scheduled first and batch ones are the first preempted when the KV cache runs short.
+would have answered. Batch yields to online traffic twice over:
+
+* each batch request waits to start while the replica's online traffic is busy (more than
+  ``batch.online_busy_requests`` online requests in flight, or a recent time to first byte over
+  ``batch.online_busy_ttfb_ms``; see :mod:`raylane.serve.load`), so batch pauses until serving
+  recovers;
+* inside the engine, batch requests carry vLLM priority ``batch.priority`` (online ones carry 0;
+  serving engines run with ``scheduling_policy=priority``), so online requests are scheduled
+  first and batch ones are the first preempted when the KV cache runs short.
 
 Example (driver side, inside a batch job):
     >>> for lines in serving_outputs(config, record, todo):        # doctest: +SKIP
@@ -18,8 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Any
 
 from raylane.batch.requests import error_line, response_line
@@ -34,30 +41,50 @@ ENGINE_METHODS = {
     "/v1/embeddings": "embeddings",
 }
 GENERATING = {"/v1/chat/completions", "/v1/completions"}  # endpoints whose requests take a priority
+EngineCall = Callable[[str, Any], Awaitable[AsyncIterator[Any]]]  # (method, request) -> responses
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How batch requests yield to online ones on a serving replica (from ``batch:``)."""
+
+    priority: int
+    online_busy_requests: int | None
+    online_busy_ttfb_ms: float | None
+
+    @classmethod
+    def of(cls, config: RaylaneConfig) -> BatchPolicy:
+        batch = config.batch
+        return cls(batch.priority, batch.online_busy_requests, batch.online_busy_ttfb_ms)
 
 
 # -- on the replica ----------------------------------------------------------------------------
 
 
 async def answer(
-    server: Any, endpoint: str, bodies: Sequence[dict[str, Any]], priority: int
+    engine_call: EngineCall, endpoint: str, bodies: Sequence[dict[str, Any]], policy: BatchPolicy
 ) -> list[dict[str, Any]]:
-    """Run request bodies through a Ray ``LLMServer``; one ``response`` object per body, in order.
+    """Run request bodies through a Ray ``LLMServer``'s engine; one response per body, in order.
 
-    Each response is ``{"status_code", "request_id", "body"}`` as the batch output line holds it:
-    the engine's own body, or its OpenAI error body with the error's code as the status.
+    ``engine_call(method, request)`` is the server's ``chat``/``completions``/``embeddings``. Each
+    response is ``{"status_code", "request_id", "body"}`` as the batch output line holds it: the
+    engine's own body, or its OpenAI error body with the error's code as the status.
     """
-    return list(await asyncio.gather(*(_answer_one(server, endpoint, body, priority) for body in bodies)))
+    return list(await asyncio.gather(*(_answer_one(engine_call, endpoint, body, policy) for body in bodies)))
 
 
-async def _answer_one(server: Any, endpoint: str, body: dict[str, Any], priority: int) -> dict[str, Any]:
+async def _answer_one(
+    engine_call: EngineCall, endpoint: str, body: dict[str, Any], policy: BatchPolicy
+) -> dict[str, Any]:
     from pydantic import ValidationError
+
+    from raylane.serve.load import ONLINE
 
     request_id = "req_" + secrets.token_hex(12)
     # An explicit request_id: one Serve call carries many requests, and vLLM needs each unique.
     fields = {**body, "request_id": request_id}
     if endpoint in GENERATING:
-        fields["priority"] = priority
+        fields["priority"] = policy.priority
     try:
         request = _request_type(endpoint, body).model_validate(fields)
     except ValidationError as exc:
@@ -65,8 +92,11 @@ async def _answer_one(server: Any, endpoint: str, body: dict[str, Any], priority
         where = ".".join(str(p) for p in first.get("loc", ())) or None
         message = f"{where}: {first['msg']}" if where else first["msg"]
         return _error(request_id, 400, message, where)
+    await ONLINE.wait_until_calm(
+        max_requests=policy.online_busy_requests, max_ttfb_ms=policy.online_busy_ttfb_ms
+    )
     response = None
-    async for item in await getattr(server, ENGINE_METHODS[endpoint])(request):
+    async for item in await engine_call(ENGINE_METHODS[endpoint], request):
         response = item
     if response is None:
         return _error(request_id, 500, "The engine returned no response.", None)
@@ -136,7 +166,7 @@ def serving_outputs(
         ) from exc
     size, in_flight = config.batch.batch_size, config.batch.max_concurrent_batches
     chunks = [runnable[i : i + size] for i in range(0, len(runnable), size)]
-    yield from _calls(handle, record.endpoint, chunks, in_flight, config.batch.priority)
+    yield from _calls(handle, record.endpoint, chunks, in_flight, BatchPolicy.of(config))
 
 
 def _calls(
@@ -144,7 +174,7 @@ def _calls(
     endpoint: str,
     chunks: list[list[tuple[BatchLine, dict[str, Any]]]],
     in_flight: int,
-    priority: int,
+    policy: BatchPolicy,
 ) -> Iterator[list[dict[str, Any]]]:
     """Keep ``in_flight`` calls running; yield each call's output lines when it returns."""
     pending: dict[Future, tuple[Any, list[tuple[BatchLine, dict[str, Any]]]]] = {}
@@ -154,7 +184,7 @@ def _calls(
     def start_next() -> None:
         chunk = next(waiting, None)
         if chunk is not None:
-            response = handle.run_batch.remote(endpoint, [body for _, body in chunk], priority)
+            response = handle.run_batch.remote(endpoint, [body for _, body in chunk], policy)
             pending[pool.submit(response.result)] = (response, chunk)
 
     try:

@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from raylane import lanes
 from raylane.config import RaylaneConfig
 from raylane.data import runs
 from raylane.data.extract import CORPUS_SUFFIXES, Document, extract
@@ -290,14 +291,13 @@ def run_corpus(config: RaylaneConfig, params: CorpusParams) -> dict[str, Any]:
     total_bytes = sum(size for _, size in files)
     runs.status(f"prepare: {len(files)} files, {total_bytes / 1e6:.1f} MB under {params.input}...")
     options = PrepareOptions.of(params, path_prefix=runs.display_path(fs, ""))
+    # Every task asks for the etl lane's resource with its CPUs (nothing when the lane has no quota).
+    task = lanes.task_options(config, "etl", params.cpus_per_task)
     prepared = (
-        ray.data.read_binary_files([p for p, _ in files], filesystem=fs, include_paths=True)
-        .map_batches(
-            prepare_batch,
-            fn_kwargs={"options": options},
-            batch_format="pyarrow",
-            num_cpus=params.cpus_per_task,
+        ray.data.read_binary_files(
+            [p for p, _ in files], filesystem=fs, include_paths=True, ray_remote_args=task
         )
+        .map_batches(prepare_batch, fn_kwargs={"options": options}, batch_format="pyarrow", **task)
         .materialize()
     )
     meta = pa.concat_tables(
@@ -319,7 +319,7 @@ def run_corpus(config: RaylaneConfig, params: CorpusParams) -> dict[str, Any]:
         f"{counts['near_duplicates']} near duplicates dropped, {counts['documents_kept']} kept"
     )
     kept = prepared.map_batches(
-        select_kept, fn_kwargs={"kept_keys": result.kept_keys}, batch_format="pyarrow"
+        select_kept, fn_kwargs={"kept_keys": result.kept_keys}, batch_format="pyarrow", **task
     )
 
     version = next_version(store, dataset)
@@ -334,12 +334,17 @@ def run_corpus(config: RaylaneConfig, params: CorpusParams) -> dict[str, Any]:
             tokenize_and_pack,
             fn_kwargs={"tokenizer_json": tokenizer_json, "separator": params.tokenizer.separator,
                        "seq_len": params.seq_len, "validation_fraction": params.validation_fraction},
-            batch_format="pyarrow", batch_size=4096, num_cpus=params.cpus_per_task,
+            batch_format="pyarrow", batch_size=4096, **task,
         ).materialize()  # fmt: skip
         split_counts = {}
         for split in ("train", "validation"):
-            rows = packed.map_batches(only_split, fn_kwargs={"split": split}, batch_format="pyarrow")
-            rows.write_parquet(store.fs_path(pub.path(split)), filesystem=store.fs, min_rows_per_file=65_536)
+            rows = packed.map_batches(only_split, fn_kwargs={"split": split}, batch_format="pyarrow", **task)
+            rows.write_parquet(
+                store.fs_path(pub.path(split)),
+                filesystem=store.fs,
+                min_rows_per_file=65_536,
+                ray_remote_args=task,
+            )
             split_counts[split] = rows.count()
         runs.write_errors(store, pub.path(runs.ERRORS_FILE), result.failures)
         in_validation = validation_mask(result.kept_hashes, params.validation_fraction)

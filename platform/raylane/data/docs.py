@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from raylane import lanes
 from raylane.config import RaylaneConfig
 from raylane.data import runs
 from raylane.data.chunking import chunk_text, model_tokenizer
@@ -132,10 +133,13 @@ def run_docs(config: RaylaneConfig, params: DocsParams) -> dict[str, Any]:
 
     runs.status(f"chunk: {len(files)} files under {params.input}...")
     options = ChunkOptions(model_dir, params.chunk_tokens, params.chunk_overlap, runs.display_path(fs, ""))
+    # Every task asks for the etl lane's resource with its CPUs (nothing when the lane has no quota).
+    task = lanes.task_options(config, "etl", params.cpus_per_task)
     rows = (
-        ray.data.read_binary_files([p for p, _ in files], filesystem=fs, include_paths=True)
+        ray.data.read_binary_files([p for p, _ in files], filesystem=fs, include_paths=True,
+                                   ray_remote_args=task)
         .map_batches(chunk_batch, fn_kwargs={"options": options}, batch_format="pyarrow", batch_size=8,
-                     num_cpus=params.cpus_per_task)
+                     **task)
         .materialize()
     )  # fmt: skip
     stage = rows.select_columns(["source", "page", "stage", "reason"]).to_arrow_refs()
@@ -157,13 +161,13 @@ def run_docs(config: RaylaneConfig, params: DocsParams) -> dict[str, Any]:
     version = next_version(store, dataset)
     with store.publish(dataset, version) as pub:
         embed_started = time.perf_counter()
-        embedded = rows.map_batches(only_chunks, batch_format="pyarrow").map_batches(
+        embedded = rows.map_batches(only_chunks, batch_format="pyarrow", **task).map_batches(
             Embedder,
             fn_constructor_kwargs={"model": model_dir, "threads": max(1, int(params.embed_cpus)),
                                    "batch_size": params.embed_batch_size},
             compute=ray.data.ActorPoolStrategy(size=params.embed_actors),
             batch_size=params.embed_batch_size * 4, batch_format="pyarrow",
-            num_cpus=params.embed_cpus, num_gpus=params.embed_gpus or None,
+            **lanes.task_options(config, "etl", params.embed_cpus, params.embed_gpus),
         )  # fmt: skip
         # Writing is light I/O: a whole logical CPU for it would keep an embedding actor waiting.
         embedded.write_parquet(

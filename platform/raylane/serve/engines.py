@@ -16,22 +16,29 @@ The mapping from ``models:`` entries to ``LLMConfig`` fields is :mod:`raylane.se
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ray.serve.llm import LLMConfig, LLMServer
 
+from raylane import lanes
+from raylane.batch.serving import BatchPolicy, answer
 from raylane.config import ModelConfig, RaylaneConfig, load_serving_config
 from raylane.serve.gateway import Gateway
 from raylane.serve.hardening import bind_replica_grpc_to_node_ip
+from raylane.serve.load import ONLINE
 from raylane.serve.options import engine_settings
 
 
 def llm_config_for(model: ModelConfig, config: RaylaneConfig, local_path: str) -> LLMConfig:
     """The ``ray.serve.llm.LLMConfig`` of one configured model, loading from ``local_path``."""
+    gpus = float(model.num_gpus or 1) if model.accelerator == "gpu" else 0.0
     settings = engine_settings(
         model,
         max_ongoing_requests=config.serve.max_ongoing_requests,
         stream_batching_ms=config.serve.stream_batching_interval_ms,
+        lane_resources=lanes.requests(config, "serve", cpus=model.num_cpus, gpus=gpus),
     )
     return LLMConfig(model_loading_config={"model_id": model.name, "model_source": local_path}, **settings)
 
@@ -60,13 +67,27 @@ class ModelServer(LLMServer):
         self._gateway = gateway
         await super().__init__(llm_config)
 
-    async def run_batch(
-        self, endpoint: str, bodies: list[dict[str, Any]], priority: int
-    ) -> list[dict[str, Any]]:
-        """Answer a batch job's request bodies on this replica's engine (one response each, in order)."""
-        from raylane.batch.serving import answer
+    # Online requests from the multi-model router arrive here over a handle: count them, so that
+    # batch work on this engine can yield to them (the fast path counts them in the Gateway).
+    async def chat(self, request: Any, raw_request_info: Any = None) -> AsyncIterator[Any]:
+        return _counted_online(await super().chat(request, raw_request_info))
 
-        return await answer(self, endpoint, bodies, priority)
+    async def completions(self, request: Any, raw_request_info: Any = None) -> AsyncIterator[Any]:
+        return _counted_online(await super().completions(request, raw_request_info))
+
+    async def embeddings(self, request: Any, raw_request_info: Any = None) -> AsyncIterator[Any]:
+        return _counted_online(await super().embeddings(request, raw_request_info))
+
+    async def run_batch(
+        self, endpoint: str, bodies: list[dict[str, Any]], policy: BatchPolicy
+    ) -> list[dict[str, Any]]:
+        """Answer a batch job's request bodies on this engine (one response each, in order)."""
+
+        async def engine_call(method: str, request: Any) -> AsyncIterator[Any]:
+            # LLMServer's own method: a batch request is not online traffic.
+            return await getattr(LLMServer, method)(self, request)
+
+        return await answer(engine_call, endpoint, bodies, policy)
 
     async def __serve_build_asgi_app__(self) -> Any:
         app = await super().__serve_build_asgi_app__()
@@ -76,3 +97,15 @@ class ModelServer(LLMServer):
             app.middleware_stack = None
             app.add_middleware(Gateway, config=self._raylane_config)
         return app
+
+
+async def _counted_online(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """``stream``, counted in this replica's online load until it ends."""
+    started = ONLINE.started()
+    first_byte_at = None
+    try:
+        async for item in stream:
+            first_byte_at = first_byte_at or time.perf_counter()
+            yield item
+    finally:
+        ONLINE.finished(started, first_byte_at)

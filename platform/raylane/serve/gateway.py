@@ -10,7 +10,8 @@ in-process: the fast path) and the multi-model router. For every request it:
    ``max_tokens`` above the key's cap is 400 (and the cap becomes the default when none is given);
 4. applies the key's requests/tokens-per-minute limits (429 with ``Retry-After``);
 5. asks the engine for usage on streams (and hides it again if the client did not ask);
-6. records key, model, tokens, latency and status in the usage ledger and in the metrics.
+6. records key, model, tokens, latency and status in the usage ledger and in the metrics, and
+   counts engine requests in this process's online load (:mod:`raylane.serve.load`).
 
 Errors it raises itself use the OpenAI envelope; errors from the app pass through untouched.
 """
@@ -36,6 +37,7 @@ from raylane.errors import (
     RaylaneError,
 )
 from raylane.serve.ledger import UsageLedger
+from raylane.serve.load import ONLINE
 from raylane.serve.sse import UsageTap
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ Message = dict[str, Any]
 
 PUBLIC_PATHS = frozenset({"/health", "/ping", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
+# Online requests that run on an engine: counted in ONLINE so that batch work can yield to them.
+ENGINE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 NEGATIVE_CACHE_LIMIT = 10_000
 
 
@@ -201,12 +205,15 @@ class Gateway:
             await _send_error(send, exc)
             self._finish(exchange, services)
             return
+        online = ONLINE.started() if path in ENGINE_PATHS else None
         try:
             await app(scope, receive, self._responder(send, exchange))
         except Exception:
             exchange.status = exchange.status or 500  # Starlette answers 500 further out
             raise
         finally:
+            if online is not None:
+                ONLINE.finished(online, exchange.first_byte_at)
             self._finish(exchange, services)
 
     async def _admit_body(

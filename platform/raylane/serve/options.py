@@ -28,9 +28,17 @@ def deployment_name(model_name: str) -> str:
 
 
 def engine_settings(
-    model: ModelConfig, *, max_ongoing_requests: int, stream_batching_ms: float = 0
+    model: ModelConfig,
+    *,
+    max_ongoing_requests: int,
+    stream_batching_ms: float = 0,
+    lane_resources: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The ``LLMConfig`` fields for one model (the model source is filled in by the caller)."""
+    """The ``LLMConfig`` fields for one model (the model source is filled in by the caller).
+
+    ``lane_resources`` (from :func:`raylane.lanes.requests`) join every engine bundle, so the
+    replica counts against its lane's quota.
+    """
     engine_kwargs = dict(CPU_ENGINE_DEFAULTS) if model.accelerator == "cpu" else {}
     if model.task == "embed":
         engine_kwargs["runner"] = "pooling"
@@ -42,6 +50,7 @@ def engine_settings(
     bundle: dict[str, float] = {"CPU": float(model.num_cpus)}
     if model.accelerator == "gpu":
         bundle["GPU"] = float(model.num_gpus or 1)
+    bundle.update(lane_resources or {})
     scaling = model.autoscaling
     env_vars = {"VLLM_CPU_KVCACHE_SPACE": f"{model.cpu_kv_cache_gb:g}"} if model.accelerator == "cpu" else {}
     return {

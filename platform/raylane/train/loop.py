@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from raylane.metrics import train_metrics
+
 STATE_FILE = "state.pt"
 
 
@@ -131,6 +133,8 @@ def train_loop(config: dict[str, Any]) -> None:
         elif metrics:
             ray.train.report(metrics)
         if metrics and rank == 0:
+            with contextlib.suppress(Exception):  # metrics must never fail a training run
+                train_metrics().observe(context.get_experiment_name(), metrics)
             print(
                 "train "
                 + " ".join(

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from raylane.train.presets import PRESETS
 
+READ_CPUS = 0.25  # what each read task of the train split asks (small, so reads stream beside workers)
+
 
 class TrainParams(BaseModel):
     """What to train, on what, how, and where the result goes."""

@@ -11,6 +11,7 @@ import json
 import time
 from typing import Any
 
+from raylane import lanes
 from raylane.config import RaylaneConfig
 from raylane.data import dataset_path
 from raylane.data.runs import status
@@ -20,7 +21,7 @@ from raylane.errors import ConfigError, JobError, NotFoundError
 from raylane.models.registry import parse_model_ref
 from raylane.storage import Storage
 from raylane.train.export import export_and_register, special_token_ids
-from raylane.train.params import TrainParams
+from raylane.train.params import READ_CPUS, TrainParams
 from raylane.train.presets import llama_config
 
 RUNS_PREFIX = "train/runs"
@@ -69,14 +70,25 @@ def model_spec(store: Storage, db: MetadataStore, params: TrainParams, manifest:
     return {"config": config.to_dict()}
 
 
-def check_capacity(params: TrainParams, cluster_cpus: float) -> None:
-    """Refuse worker sizes that would leave Ray Data no CPU (the job would hang, not fail)."""
+def check_capacity(params: TrainParams, cluster_cpus: float, lane_cpus: float | None = None) -> None:
+    """Refuse worker sizes that could never run (the job would hang, not fail).
+
+    The workers must leave the cluster a whole CPU for Ray Data's listing task, and fit in the
+    train lane's CPU quota (``lane_cpus``, when set) beside one read task.
+    """
     held = params.workers * params.cpus_per_worker
     if held > cluster_cpus - DATA_CPU_RESERVE:
+        most = (cluster_cpus - DATA_CPU_RESERVE) / params.workers
         raise ConfigError(
-            f"{params.workers} workers x {params.cpus_per_worker} CPUs would hold {held:g} of the cluster's "
-            f"{cluster_cpus:g} CPUs and leave Ray Data's read tasks none (training would hang): lower "
-            f"cpus_per_worker to at most {(cluster_cpus - DATA_CPU_RESERVE) / params.workers:.2f}"
+            f"{params.workers} workers x {params.cpus_per_worker} CPUs would hold {held:g} of the "
+            f"cluster's {cluster_cpus:g} CPUs and leave Ray Data's read tasks none (training would "
+            f"hang): lower cpus_per_worker to at most {most:.2f}"
+        )
+    if lane_cpus is not None and held + READ_CPUS > lane_cpus:
+        raise ConfigError(
+            f"{params.workers} workers x {params.cpus_per_worker} CPUs and a {READ_CPUS:g}-CPU read task "
+            f"need {held + READ_CPUS:g} CPUs of the train lane, whose quota is {lane_cpus:g}: lower "
+            "cpus_per_worker or workers, or raise lanes.train.cpus"
         )
 
 
@@ -108,7 +120,8 @@ def run_training(config: RaylaneConfig, params: TrainParams) -> dict[str, Any]:
     store = Storage.from_config(config)
     db = MetadataStore.from_config(config)
     if not params.use_gpu:
-        check_capacity(params, ray.cluster_resources().get("CPU", 0))
+        lane = config.lanes.get("train")
+        check_capacity(params, ray.cluster_resources().get("CPU", 0), lane.cpus if lane else None)
     manifest = corpus_manifest(store, params.dataset)
     spec = model_spec(store, db, params, manifest)
     run_name = params.resume or f"{params.output_model}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -129,9 +142,16 @@ def run_training(config: RaylaneConfig, params: TrainParams) -> dict[str, Any]:
     if not splits["train"]:
         raise ConfigError(f"dataset {params.dataset!r} has no train sequences")
     # Small read tasks keep streaming while the workers hold their CPUs.
-    train_data = ray.data.read_parquet(splits["train"], filesystem=store.fs, num_cpus=0.25)
+    train_data = ray.data.read_parquet(
+        splits["train"], filesystem=store.fs, ray_remote_args=lanes.task_options(config, "train", READ_CPUS)
+    )
     validation = validation_ids(store, splits["validation"], params.eval_batches * params.batch_size)
-    resources = {"CPU": params.cpus_per_worker, **({"GPU": params.gpus_per_worker} if params.use_gpu else {})}
+    gpus = params.gpus_per_worker if params.use_gpu else 0
+    resources = {
+        "CPU": params.cpus_per_worker,
+        **({"GPU": gpus} if gpus else {}),
+        **lanes.requests(config, "train", cpus=params.cpus_per_worker, gpus=gpus),
+    }
     status(
         f"train: run {run_name}, {params.workers} worker(s), {params.steps} steps on {params.dataset} "
         f"{manifest['version']} ({manifest['counts']['train_tokens']} tokens)"

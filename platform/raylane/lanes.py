@@ -1,0 +1,177 @@
+"""Lanes: each kind of workload's share of the cluster, declared to Ray's scheduler.
+
+raylane has four lanes: ``serve`` (online replicas), ``batch`` (batch jobs and their engines),
+``train`` (Ray Train workers) and ``etl`` (Ray Data pipelines). ``lanes:`` in raylane.yaml gives
+each a quota and a priority, and Ray, not raylane, enforces them:
+
+* **Quotas are custom resources.** A lane with ``cpus: 1.5`` owns a ``lane_<name>_cpu`` resource
+  worth 1.5 (``gpus`` likewise ``lane_<name>_gpu``), created by `raylane up` (and by the rendered
+  cluster configs). Every task, actor and placement bundle of the lane asks for as much of it as of
+  ``CPU``/``GPU`` (fractions included), so a lane over its quota waits as pending demand, which
+  `raylane status` explains, and starts when its own lane frees capacity. A lane without a quota
+  asks for no lane resource.
+* **Priority is OS niceness.** Ray starts every worker at niceness 15; the top-priority lane
+  (serving) stays there and the others get up to 4 levels more by their distance from it, so on
+  shared cores online requests get the CPU first. Job drivers and their workers apply it through
+  :func:`lower_priority` (the jobs' Ray ``worker_process_setup_hook``).
+
+Example:
+    >>> from raylane.config import RaylaneConfig
+    >>> config = RaylaneConfig.model_validate({"lanes": {"train": {"cpus": 1, "priority": 50}}})
+    >>> cluster_resources(config)
+    {'lane_train_cpu': 1.0}
+    >>> requests(config, "train", cpus=0.5), requests(config, "etl", cpus=0.5)
+    ({'lane_train_cpu': 0.5}, {})
+    >>> niceness(config, "serve"), niceness(config, "train"), niceness(config, "batch")
+    (15, 17, 19)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from raylane.config import LaneName, RaylaneConfig
+
+LANES: tuple[LaneName, ...] = ("serve", "batch", "train", "etl")
+RAY_WORKER_NICENESS = 15  # what the raylet gives worker processes (drivers start at 0)
+MAX_EXTRA_NICENESS = 4  # 15..19: the room Linux leaves above Ray's workers
+NICE_ENV = "RAYLANE_LANE_NICE"
+# Which lane each raylane job runs in (the ``job:`` of its jobs/*.yaml).
+JOB_LANES: dict[str, LaneName] = {"etl": "etl", "docs": "etl", "train": "train", "batch": "batch"}
+
+
+def resource_name(lane: str, kind: str) -> str:
+    """The custom resource holding a lane's quota of ``kind`` ("cpu" or "gpu")."""
+    return f"lane_{lane}_{kind}"
+
+
+def cluster_resources(config: RaylaneConfig) -> dict[str, float]:
+    """The lane resources a cluster must offer: one per quota set in ``lanes:``."""
+    offered: dict[str, float] = {}
+    for lane, settings in config.lanes.items():
+        for kind, quota in (("cpu", settings.cpus), ("gpu", settings.gpus)):
+            if quota is not None:
+                offered[resource_name(lane, kind)] = float(quota)
+    return offered
+
+
+def requests(config: RaylaneConfig, lane: str, *, cpus: float = 0, gpus: float = 0) -> dict[str, float]:
+    """The lane resources a workload asks for next to ``cpus`` CPUs and ``gpus`` GPUs."""
+    settings = config.lanes.get(lane)  # type: ignore[call-overload]
+    if settings is None:
+        return {}
+    asked: dict[str, float] = {}
+    for kind, quota, amount in (("cpu", settings.cpus, cpus), ("gpu", settings.gpus, gpus)):
+        if quota is not None and amount > 0:
+            asked[resource_name(lane, kind)] = float(amount)
+    return asked
+
+
+def task_options(config: RaylaneConfig, lane: str, cpus: float, gpus: float = 0) -> dict[str, Any]:
+    """Ray remote args (``num_cpus``, ``num_gpus``, ``resources``) for a task of ``lane``.
+
+    Example:
+        >>> from raylane.config import RaylaneConfig
+        >>> task_options(RaylaneConfig(), "etl", 0.25)
+        {'num_cpus': 0.25}
+    """
+    options: dict[str, Any] = {"num_cpus": cpus}
+    if gpus:
+        options["num_gpus"] = gpus
+    if asked := requests(config, lane, cpus=cpus, gpus=gpus):
+        options["resources"] = asked
+    return options
+
+
+def niceness(config: RaylaneConfig, lane: str) -> int:
+    """The OS niceness of a lane's processes: 15 for the top-priority lane, up to 19 below it."""
+    priorities = [settings.priority for settings in config.lanes.values()] or [0]
+    top, bottom = max(priorities), min(priorities)
+    settings = config.lanes.get(lane)  # type: ignore[call-overload]
+    if settings is None or top == bottom:
+        return RAY_WORKER_NICENESS
+    extra = round(MAX_EXTRA_NICENESS * (top - settings.priority) / (top - bottom))
+    return RAY_WORKER_NICENESS + extra
+
+
+def job_runtime_env(config: RaylaneConfig, lane: str) -> dict[str, Any]:
+    """runtime_env entries that run a job's workers at its lane's niceness."""
+    return {
+        "env_vars": {NICE_ENV: str(niceness(config, lane))},
+        "worker_process_setup_hook": "raylane.lanes.lower_priority",
+    }
+
+
+def lower_priority() -> None:
+    """Raise this process's niceness to its lane's (``RAYLANE_LANE_NICE``); never lowers it.
+
+    A job's driver calls it at start; Ray calls it in every worker of the job (its
+    ``worker_process_setup_hook``), and vLLM engine processes inherit it from their actor.
+    """
+    target = os.environ.get(NICE_ENV)
+    if not target:
+        return
+    current = os.nice(0)
+    if int(target) > current:
+        os.nice(int(target) - current)
+
+
+def lane_of_job(job: str | None) -> LaneName | None:
+    """The lane a raylane job (its ``raylane_job`` metadata) runs in, if any."""
+    return JOB_LANES.get(job or "")
+
+
+def usage_report(
+    config: RaylaneConfig, resources: dict[str, dict[str, float]], jobs: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Per lane: priority, niceness, CPU/GPU used vs quota, and its running jobs.
+
+    ``resources`` is ``{name: {"used", "total"}}`` as the cluster reports it (so a remote cluster's
+    own quotas show), ``jobs`` the running jobs with their ``lane``.
+
+    Example:
+        >>> from raylane.config import RaylaneConfig
+        >>> config = RaylaneConfig.model_validate({"lanes": {"train": {"cpus": 1}}})
+        >>> row = usage_report(config, {"lane_train_cpu": {"used": 0.5, "total": 1.0}}, [])[2]
+        >>> row["lane"], row["cpu"]
+        ('train', {'used': 0.5, 'quota': 1.0})
+    """
+    report = []
+    for lane in LANES:
+        row: dict[str, Any] = {
+            "lane": lane,
+            "priority": config.lanes[lane].priority if lane in config.lanes else None,
+            "niceness": niceness(config, lane),
+        }
+        for kind in ("cpu", "gpu"):
+            amount = resources.get(resource_name(lane, kind))
+            row[kind] = {"used": amount["used"], "quota": amount["total"]} if amount else None
+        row["jobs"] = [job["id"] for job in jobs if job.get("lane") == lane]
+        report.append(row)
+    return report
+
+
+def pending_reason(demand: dict[str, float], resources: dict[str, dict[str, float]]) -> str:
+    """Why a pending resource demand waits: its lane's quota, the cluster's capacity, or neither.
+
+    Example:
+        >>> have = {"CPU": {"used": 1, "total": 2}, "lane_train_cpu": {"used": 1, "total": 1}}
+        >>> pending_reason({"CPU": 1, "lane_train_cpu": 1}, have)
+        'train lane at its cpu quota (1 of 1 in use, needs 1)'
+        >>> pending_reason({"CPU": 2}, have)
+        'cluster capacity: CPU 1 of 2 free, needs 2'
+    """
+    short = []
+    for name, need in demand.items():
+        have = resources.get(name)
+        if have is None or have["total"] - have["used"] >= need:
+            continue
+        if name.startswith("lane_"):
+            lane, kind = name.removeprefix("lane_").rsplit("_", 1)
+            in_use = f"{have['used']:g} of {have['total']:g} in use"
+            return f"{lane} lane at its {kind} quota ({in_use}, needs {need:g})"
+        short.append(f"{name} {have['total'] - have['used']:g} of {have['total']:g} free, needs {need:g}")
+    if short:
+        return "cluster capacity: " + "; ".join(short)
+    return "waiting for the scheduler (resources are free)"

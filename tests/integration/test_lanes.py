@@ -1,0 +1,250 @@
+"""Lanes on a real head of their own: quotas as Ray resources, priorities, serving protected.
+
+The head starts with lane quotas (train 0.75 CPU, serve 1 CPU) and Prometheus
+(`raylane up --monitoring`); the tiny model is served, a corpus published. One test loads the
+cluster with a training run and a batch while it measures online latency; one shows a training
+run over the train lane's quota waiting, explained by `raylane status`, until the first run frees
+its share; the last checks that Prometheus holds every metric the Grafana dashboard queries.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import statistics
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+import psutil
+import pytest
+import yaml
+
+from raylane.data.samples import synthetic_corpus, write_jsonl_shards
+from raylane.models.tiny import make_tiny_model
+from raylane.storage import Storage
+from tests.conftest import RayProject, free_ports, make_project, stop_project
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs Debian's prometheus (make setup)"),
+]
+DASHBOARD = Path(__file__).parents[2] / "cluster" / "monitoring" / "grafana" / "raylane.json"
+
+LANES = {
+    "serve": {"cpus": 1, "priority": 100},
+    "train": {"cpus": 0.75, "priority": 50},
+    "etl": {"priority": 40},
+    "batch": {"priority": 10},
+}
+# Few batch requests in flight, none started while an online request runs.
+BATCH = {"batch_size": 4, "max_concurrent_batches": 1, "online_busy_requests": 0}
+TRAIN = {"dataset": "corpus", "batch_size": 8, "learning_rate": 0.003, "warmup_steps": 4, "log_every": 20,
+         "eval_every": 1000, "checkpoint_every": 1000, "workers": 1, "cpus_per_worker": 0.5}  # fmt: skip
+CORPUS = {"generate_sample": False, "tokenizer": {"vocab_size": 800, "train_documents": 2000}, "seq_len": 64}
+
+
+@dataclass
+class LanedCluster:
+    project: RayProject
+    base_url: str
+    key: str
+
+    @property
+    def prometheus(self) -> str:
+        return f"http://127.0.0.1:{self.project.config['monitoring']['prometheus_port']}"
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base_url, api_key=self.key, max_retries=0, timeout=60)
+
+
+def write_job(project: RayProject, job: str, **params) -> str:
+    path = project.path / f"{job}-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump({"job": job, "params": params}))
+    return str(path)
+
+
+def submit(project: RayProject, job_file: str) -> str:
+    submitted = project.cli("submit", job_file)
+    assert submitted.returncode == 0, submitted.stderr
+    return submitted.stdout.split()[0]
+
+
+def job_status(project: RayProject, job_id: str) -> str:
+    listed = json.loads(project.cli("jobs", "list", "--json").stdout)
+    return next(j["status"] for j in listed if j["id"] == job_id)
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(poll)
+    return result
+
+
+def session_processes(project: RayProject, marker: str) -> list[psutil.Process]:
+    session = json.loads((project.path / ".raylane" / "state" / "head.json").read_text())["session_id"]
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if os.getsid(proc.pid) == session and marker in " ".join(proc.info["cmdline"] or []):
+                found.append(proc)
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def laned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LanedCluster]:
+    monitoring = {"prometheus_port": free_ports(1)[0], "scrape_interval_s": 2}
+    project = make_project(tmp_path_factory.mktemp("lanes"), lanes=LANES, batch=BATCH, monitoring=monitoring)
+    started = project.cli("up", "--monitoring", timeout=300)
+    assert started.returncode == 0, started.stderr
+    try:
+        store = Storage.from_uri((project.path / ".raylane").as_uri())
+        texts, _ = synthetic_corpus(900, seed=7)
+        write_jsonl_shards(store, "raw", texts, per_shard=300)
+        etl = project.cli("submit", write_job(project, "etl", input="raw", **CORPUS), "--wait", timeout=900)
+        assert etl.returncode == 0, etl.stderr[-3000:]
+        tiny = make_tiny_model(tmp_path_factory.mktemp("tiny-lanes"))
+        serving = project.path / "serve-lanes.yaml"
+        model = {"name": "tiny", "source": str(tiny), "num_cpus": 0.5,
+                 "engine_kwargs": {"dtype": "float32", "max_model_len": 512}}  # fmt: skip
+        serving.write_text(yaml.safe_dump({"models": [model]}))
+        deployed = project.cli("serve", "deploy", str(serving), timeout=900)
+        assert deployed.returncode == 0, deployed.stderr
+        key = project.cli("keys", "create", "lanes").stdout.strip()
+        yield LanedCluster(project, deployed.stdout.strip().splitlines()[-1], key)
+    finally:
+        project.cli("serve", "delete")
+        stop_project(project)
+
+
+def latencies(client: openai.OpenAI, n: int) -> list[float]:
+    """Sequential chat requests, as an interactive user makes them; every one must succeed."""
+    seconds = []
+    for i in range(n):
+        started = time.perf_counter()
+        reply = client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": f"hello {i}"}], max_tokens=8
+        )
+        assert reply.choices[0].message.content is not None
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def p99(samples: list[float]) -> float:
+    return statistics.quantiles(samples, n=100)[98]
+
+
+def test_serving_keeps_answering_while_train_and_batch_run(laned: LanedCluster):
+    project, client = laned.project, laned.client()
+    latencies(client, 5)  # warm-up
+    idle = p99(latencies(client, 40))
+
+    train = submit(project, write_job(project, "train", output_model="busy", steps=3000, **TRAIN))
+    lines = [
+        {"custom_id": f"b{i}", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "tiny", "messages": [{"role": "user", "content": f"Say {i}"}],
+                  "max_tokens": 32, "ignore_eos": True}}
+        for i in range(120)
+    ]  # fmt: skip
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    upload = client.files.create(file=("load.jsonl", io.BytesIO(data)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    wait_for(lambda: "train step=" in project.cli("jobs", "logs", train).stdout, 600, "training steps")
+    wait_for(lambda: client.batches.retrieve(batch.id).request_counts.completed > 0, 300, "batch answers")
+
+    # Priorities are OS niceness: serving replicas stay at Ray's 15, train and batch go below.
+    assert {p.nice() for p in session_processes(project, "RayTrainWorker")} == {17}
+    assert {p.nice() for p in session_processes(project, f"--batch-id {batch.id}")} == {19}
+    assert {p.nice() for p in session_processes(project, "ServeReplica")} == {15}
+
+    loaded = p99(latencies(client, 40))
+    assert loaded <= 2 * idle, f"p99 {loaded * 1000:.0f} ms under load vs {idle * 1000:.0f} ms idle"
+    assert job_status(project, train) == "RUNNING"  # the load was really there throughout
+
+    project.cli("jobs", "stop", train, "--wait")
+    done = wait_for(
+        lambda: (b := client.batches.retrieve(batch.id)).status == "completed" and b,
+        600,
+        "the batch to finish",
+    )
+    assert done.request_counts.completed == 120  # batch yielded to serving, then caught up
+
+
+def test_a_run_over_its_lane_quota_waits_until_the_lane_frees(laned: LanedCluster):
+    project = laned.project
+    first = submit(project, write_job(project, "train", output_model="first", steps=400, **TRAIN))
+    wait_for(lambda: "train step=" in project.cli("jobs", "logs", first).stdout, 600, "the first run's steps")
+    second = submit(project, write_job(project, "train", output_model="second", steps=20, **TRAIN))
+
+    def waiting_on_the_lane() -> dict | None:
+        report = json.loads(project.cli("status", "--json").stdout)
+        reasons = [d for d in report["pending_demand"] if "train lane at its cpu quota" in d["reason"]]
+        return reasons and report
+
+    report = wait_for(waiting_on_the_lane, 300, "the second run to wait on the train lane")
+    train_lane = next(row for row in report["lanes"] if row["lane"] == "train")
+    assert train_lane["cpu"]["quota"] == 0.75 and train_lane["cpu"]["used"] >= 0.5
+    assert set(train_lane["jobs"]) == {first, second}
+    text = project.cli("status").stdout
+    assert "train lane at its cpu quota" in text and "lane_train_cpu" in text
+    assert "train step=" not in project.cli("jobs", "logs", second).stdout
+
+    wait_for(lambda: job_status(project, first) == "SUCCEEDED", 900, "the first run")
+    wait_for(lambda: job_status(project, second) in {"SUCCEEDED", "FAILED"}, 900, "the second run")
+    assert job_status(project, second) == "SUCCEEDED", project.cli("jobs", "logs", second).stdout[-3000:]
+
+
+def prometheus_api(laned: LanedCluster, path: str, **params: str) -> list:
+    url = f"{laned.prometheus}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        answer = json.loads(response.read())
+    assert answer["status"] == "success", answer
+    return answer["data"] if path == "series" else answer["data"]["result"]
+
+
+def test_prometheus_holds_every_metric_the_grafana_dashboard_queries(laned: LanedCluster):
+    # A streamed answer (time to first token is measured on streams) and a refused request (errors).
+    stream = laned.client().chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "stream"}], max_tokens=4, stream=True
+    )
+    assert sum(1 for _ in stream) >= 1
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=laned.base_url, api_key="wrong", max_retries=0).models.list()
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"]) >= 10
+    metrics = {name for query in queries for name in re.findall(r"\bray_[a-z0-9_]+", query)}
+    assert {
+        "ray_raylane_requests_total",
+        "ray_raylane_train_loss",
+        "ray_raylane_batch_requests_total",
+    } <= metrics
+
+    def scraped() -> set[str]:
+        start = str(time.time() - 3600)
+        return {
+            name for name in metrics if prometheus_api(laned, "series", **{"match[]": name, "start": start})
+        }
+
+    deadline = time.monotonic() + 60
+    while missing := metrics - scraped():
+        assert time.monotonic() < deadline, f"Prometheus never saw {sorted(missing)}"
+        time.sleep(3)
+    served = prometheus_api(laned, "query", query="sum(ray_raylane_requests_total)")
+    assert float(served[0]["value"][1]) >= 80  # the latency probes of the first test, at least
+    lanes_now = prometheus_api(laned, "query", query='ray_resources{Name="lane_train_cpu"}')
+    assert {series["metric"]["State"] for series in lanes_now} >= {"USED", "AVAILABLE"}

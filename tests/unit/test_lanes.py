@@ -1,0 +1,151 @@
+"""Lanes (quotas as Ray resources, priorities as niceness), status explanations and batch yielding."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from raylane import lanes
+from raylane.batch.serving import BatchPolicy, answer
+from raylane.cluster import _pending_demand, _ray_start_command
+from raylane.config import RaylaneConfig
+from raylane.serve.load import OnlineLoad
+
+QUOTAS = {"lanes": {"serve": {"cpus": 1, "priority": 100}, "train": {"cpus": 0.75, "gpus": 1, "priority": 50},
+                    "etl": {"priority": 40}, "batch": {"priority": 10}}}  # fmt: skip
+
+
+def test_quotas_become_head_resources_and_every_workload_asks_for_its_lane():
+    config = RaylaneConfig.model_validate(QUOTAS)
+    assert lanes.cluster_resources(config) == {
+        "lane_serve_cpu": 1.0,
+        "lane_train_cpu": 0.75,
+        "lane_train_gpu": 1.0,
+    }
+    command = _ray_start_command(config, Path("/tmp/x"))
+    assert json.loads(command[command.index("--resources") + 1]) == lanes.cluster_resources(config)
+    assert lanes.requests(config, "train", cpus=0.5, gpus=0.5) == {
+        "lane_train_cpu": 0.5,
+        "lane_train_gpu": 0.5,
+    }
+    assert lanes.requests(config, "etl", cpus=1) == {}  # no quota: nothing asked, nothing to wait for
+    assert lanes.task_options(config, "train", 0.25) == {
+        "num_cpus": 0.25,
+        "resources": {"lane_train_cpu": 0.25},
+    }
+    # No quotas at all (the default): the head gets no lane resources.
+    assert "--resources" not in _ray_start_command(RaylaneConfig(), Path("/tmp/x"))
+
+
+def test_priorities_map_to_niceness_with_serving_on_top():
+    config = RaylaneConfig.model_validate(QUOTAS)
+    nice = {lane: lanes.niceness(config, lane) for lane in lanes.LANES}
+    assert nice == {"serve": 15, "train": 17, "etl": 18, "batch": 19}
+    flat = RaylaneConfig.model_validate({"lanes": {lane: {"priority": 1} for lane in lanes.LANES}})
+    assert {lanes.niceness(flat, lane) for lane in lanes.LANES} == {15}
+    env = lanes.job_runtime_env(config, "train")
+    assert env["env_vars"] == {lanes.NICE_ENV: "17"} and env["worker_process_setup_hook"].endswith(
+        "lower_priority"
+    )
+    assert (lanes.lane_of_job("docs"), lanes.lane_of_job("train"), lanes.lane_of_job("smoke")) == (
+        "etl",
+        "train",
+        None,
+    )
+
+
+def test_status_reads_pending_demand_and_explains_it():
+    # The shapes the dashboard's cluster_status returns (names camel-cased by the dashboard).
+    report = {
+        "resourceDemand": [[{"CPU": 0.25, "laneTrainCpu": 0.25}, 3]],
+        "pgDemand": [[{"strategy": "PACK", "bundles": [[{"CPU": 0.5, "laneTrainCpu": 0.5}, 2]]}, 1]],
+    }
+    pending = _pending_demand(report)
+    assert pending == [
+        {"kind": "tasks/actors", "resources": {"CPU": 0.25, "lane_train_cpu": 0.25}, "count": 3},
+        {"kind": "placement groups", "resources": {"CPU": 1.0, "lane_train_cpu": 1.0}, "count": 1},
+    ]
+    have = {"CPU": {"used": 0.75, "total": 2.0}, "lane_train_cpu": {"used": 0.5, "total": 0.75}}
+    assert (
+        lanes.pending_reason(pending[0]["resources"], have)
+        == "waiting for the scheduler (resources are free)"
+    )
+    assert lanes.pending_reason(pending[1]["resources"], have).startswith("train lane at its cpu quota")
+    assert lanes.pending_reason({"CPU": 2}, have) == "cluster capacity: CPU 1.25 of 2 free, needs 2"
+    rows = lanes.usage_report(RaylaneConfig.model_validate(QUOTAS), have, [{"id": "j1", "lane": "train"}])
+    train = next(row for row in rows if row["lane"] == "train")
+    assert train["cpu"] == {"used": 0.5, "quota": 0.75} and train["gpu"] is None and train["jobs"] == ["j1"]
+
+
+def test_online_load_thresholds_and_forgetting():
+    load = OnlineLoad()
+    first, second = load.started(), load.started()
+    assert load.busy(max_requests=1, max_ttfb_ms=None) and not load.busy(max_requests=2, max_ttfb_ms=None)
+    assert not load.busy(max_requests=None, max_ttfb_ms=None)
+    load.finished(first, first_byte_at=first + 0.2)
+    load.finished(second, first_byte_at=None)  # never answered: counted out, no latency sample
+    assert load.in_flight == 0 and load.ttfb_ms == pytest.approx(200)
+    assert load.busy(max_requests=4, max_ttfb_ms=100) and not load.busy(max_requests=4, max_ttfb_ms=300)
+    load._ttfb_seen_at = time.perf_counter() - 60  # an old slow answer says nothing about now
+    assert not load.busy(max_requests=4, max_ttfb_ms=100)
+
+
+class FakeEngine:
+    """Stands in for Ray's LLMServer methods (vLLM), recording what batch sent it."""
+
+    def __init__(self) -> None:
+        self.requests: list = []
+
+    async def __call__(self, method: str, request):
+        self.requests.append((method, request))
+
+        async def stream():
+            if request.messages[0]["content"] == "fail":
+                yield SimpleNamespace(model_dump=lambda mode: {"error": {"message": "too long", "code": 400}})
+            else:
+                yield SimpleNamespace(model_dump=lambda mode: {"object": "chat.completion", "usage": {}})
+
+        return stream()
+
+
+def test_answer_runs_each_body_with_batch_priority_and_maps_errors():
+    engine = FakeEngine()
+    bodies = [
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        {"model": "m", "messages": [{"role": "user", "content": "fail"}]},
+        {"model": "m"},  # no messages: refused before the engine
+    ]
+    policy = BatchPolicy(priority=7, online_busy_requests=None, online_busy_ttfb_ms=None)
+    replies = asyncio.run(answer(engine, "/v1/chat/completions", bodies, policy))
+    assert [r["status_code"] for r in replies] == [200, 400, 400]
+    assert "messages" in replies[2]["body"]["error"]["message"]
+    assert len(engine.requests) == 2 and all(r.priority == 7 for _, r in engine.requests)
+    ids = [r.request_id for _, r in engine.requests]
+    assert len(set(ids)) == 2 and ids == [replies[0]["request_id"], replies[1]["request_id"]]
+
+
+def test_batch_requests_wait_while_online_traffic_is_busy(monkeypatch: pytest.MonkeyPatch):
+    from raylane.serve import load as load_module
+
+    busy = OnlineLoad()
+    monkeypatch.setattr(load_module, "ONLINE", busy)
+    engine = FakeEngine()
+    policy = BatchPolicy(priority=10, online_busy_requests=0, online_busy_ttfb_ms=None)
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+    async def scenario() -> float:
+        online = busy.started()
+        batch = asyncio.create_task(answer(engine, "/v1/chat/completions", [body], policy))
+        await asyncio.sleep(0.3)
+        assert engine.requests == []  # held back while an online request is in flight
+        busy.finished(online, first_byte_at=None)
+        started = time.perf_counter()
+        await batch
+        return time.perf_counter() - started
+
+    assert asyncio.run(scenario()) < 0.5 and len(engine.requests) == 1
