@@ -4,12 +4,13 @@ raylane has four lanes: ``serve`` (online replicas), ``batch`` (batch jobs and t
 ``train`` (Ray Train workers) and ``etl`` (Ray Data pipelines). ``lanes:`` in raylane.yaml gives
 each a quota and a priority, and Ray, not raylane, enforces them:
 
-* **Quotas are custom resources.** A lane with ``cpus: 1.5`` owns a ``lane_<name>_cpu`` resource
-  worth 1.5 (``gpus`` likewise ``lane_<name>_gpu``), created by `raylane up` (and by the rendered
-  cluster configs). Every task, actor and placement bundle of the lane asks for as much of it as of
-  ``CPU``/``GPU`` (fractions included), so a lane over its quota waits as pending demand, which
-  `raylane status` explains, and starts when its own lane frees capacity. A lane without a quota
-  asks for no lane resource.
+* **Quotas are custom resources.** A lane with ``cpus: 1.5`` owns a ``lane_<name>_mcpu`` resource
+  worth 1500 (``gpus`` likewise ``lane_<name>_mgpu``): thousandths, like Kubernetes millicores,
+  because Ray wants whole numbers for a node's resources and for requests above 1. `raylane up`
+  (and the rendered cluster configs) create them. Every task, actor and placement bundle of the
+  lane asks for as many thousandths as it asks ``CPU``/``GPU``, so a lane over its quota waits as
+  pending demand, which `raylane status` explains, and starts when its own lane frees capacity.
+  A lane without a quota asks for no lane resource.
 * **Priority is OS niceness.** Ray starts every worker at niceness 15; the top-priority lane
   (serving) stays there and the others get up to 4 levels more by their distance from it, so on
   shared cores online requests get the CPU first. Job drivers and their workers apply it through
@@ -19,9 +20,9 @@ Example:
     >>> from raylane.config import RaylaneConfig
     >>> config = RaylaneConfig.model_validate({"lanes": {"train": {"cpus": 1, "priority": 50}}})
     >>> cluster_resources(config)
-    {'lane_train_cpu': 1.0}
+    {'lane_train_mcpu': 1000}
     >>> requests(config, "train", cpus=0.5), requests(config, "etl", cpus=0.5)
-    ({'lane_train_cpu': 0.5}, {})
+    ({'lane_train_mcpu': 500}, {})
     >>> niceness(config, "serve"), niceness(config, "train"), niceness(config, "batch")
     (15, 17, 19)
 """
@@ -37,34 +38,52 @@ LANES: tuple[LaneName, ...] = ("serve", "batch", "train", "etl")
 RAY_WORKER_NICENESS = 15  # what the raylet gives worker processes (drivers start at 0)
 MAX_EXTRA_NICENESS = 4  # 15..19: the room Linux leaves above Ray's workers
 NICE_ENV = "RAYLANE_LANE_NICE"
+MILLI = 1000  # lane resources count thousandths of a CPU/GPU
 # Which lane each raylane job runs in (the ``job:`` of its jobs/*.yaml).
 JOB_LANES: dict[str, LaneName] = {"etl": "etl", "docs": "etl", "train": "train", "batch": "batch"}
 
 
 def resource_name(lane: str, kind: str) -> str:
-    """The custom resource holding a lane's quota of ``kind`` ("cpu" or "gpu")."""
-    return f"lane_{lane}_{kind}"
+    """The custom resource holding a lane's quota of ``kind`` ("cpu" or "gpu"), in thousandths."""
+    return f"lane_{lane}_m{kind}"
 
 
-def cluster_resources(config: RaylaneConfig) -> dict[str, float]:
+def parse_resource_name(name: str) -> tuple[str, str] | None:
+    """``(lane, kind)`` of a lane resource name, or None for any other resource.
+
+    Example:
+        >>> parse_resource_name("lane_train_mcpu"), parse_resource_name("CPU")
+        (('train', 'cpu'), None)
+    """
+    if not name.startswith("lane_") or "_m" not in name:
+        return None
+    lane, kind = name.removeprefix("lane_").rsplit("_m", 1)
+    return lane, kind
+
+
+def _milli(amount: float) -> int:
+    return round(amount * MILLI)
+
+
+def cluster_resources(config: RaylaneConfig) -> dict[str, int]:
     """The lane resources a cluster must offer: one per quota set in ``lanes:``."""
-    offered: dict[str, float] = {}
+    offered: dict[str, int] = {}
     for lane, settings in config.lanes.items():
         for kind, quota in (("cpu", settings.cpus), ("gpu", settings.gpus)):
             if quota is not None:
-                offered[resource_name(lane, kind)] = float(quota)
+                offered[resource_name(lane, kind)] = _milli(quota)
     return offered
 
 
-def requests(config: RaylaneConfig, lane: str, *, cpus: float = 0, gpus: float = 0) -> dict[str, float]:
+def requests(config: RaylaneConfig, lane: str, *, cpus: float = 0, gpus: float = 0) -> dict[str, int]:
     """The lane resources a workload asks for next to ``cpus`` CPUs and ``gpus`` GPUs."""
     settings = config.lanes.get(lane)  # type: ignore[call-overload]
     if settings is None:
         return {}
-    asked: dict[str, float] = {}
+    asked: dict[str, int] = {}
     for kind, quota, amount in (("cpu", settings.cpus, cpus), ("gpu", settings.gpus, gpus)):
         if quota is not None and amount > 0:
-            asked[resource_name(lane, kind)] = float(amount)
+            asked[resource_name(lane, kind)] = max(1, _milli(amount))
     return asked
 
 
@@ -75,6 +94,8 @@ def task_options(config: RaylaneConfig, lane: str, cpus: float, gpus: float = 0)
         >>> from raylane.config import RaylaneConfig
         >>> task_options(RaylaneConfig(), "etl", 0.25)
         {'num_cpus': 0.25}
+        >>> task_options(RaylaneConfig.model_validate({"lanes": {"etl": {"cpus": 1}}}), "etl", 0.25)
+        {'num_cpus': 0.25, 'resources': {'lane_etl_mcpu': 250}}
     """
     options: dict[str, Any] = {"num_cpus": cpus}
     if gpus:
@@ -133,7 +154,7 @@ def usage_report(
     Example:
         >>> from raylane.config import RaylaneConfig
         >>> config = RaylaneConfig.model_validate({"lanes": {"train": {"cpus": 1}}})
-        >>> row = usage_report(config, {"lane_train_cpu": {"used": 0.5, "total": 1.0}}, [])[2]
+        >>> row = usage_report(config, {"lane_train_mcpu": {"used": 500, "total": 1000}}, [])[2]
         >>> row["lane"], row["cpu"]
         ('train', {'used': 0.5, 'quota': 1.0})
     """
@@ -146,7 +167,7 @@ def usage_report(
         }
         for kind in ("cpu", "gpu"):
             amount = resources.get(resource_name(lane, kind))
-            row[kind] = {"used": amount["used"], "quota": amount["total"]} if amount else None
+            row[kind] = {"used": amount["used"] / MILLI, "quota": amount["total"] / MILLI} if amount else None
         row["jobs"] = [job["id"] for job in jobs if job.get("lane") == lane]
         report.append(row)
     return report
@@ -156,9 +177,9 @@ def pending_reason(demand: dict[str, float], resources: dict[str, dict[str, floa
     """Why a pending resource demand waits: its lane's quota, the cluster's capacity, or neither.
 
     Example:
-        >>> have = {"CPU": {"used": 1, "total": 2}, "lane_train_cpu": {"used": 1, "total": 1}}
-        >>> pending_reason({"CPU": 1, "lane_train_cpu": 1}, have)
-        'train lane at its cpu quota (1 of 1 in use, needs 1)'
+        >>> have = {"CPU": {"used": 1, "total": 2}, "lane_train_mcpu": {"used": 1000, "total": 1000}}
+        >>> pending_reason({"CPU": 0.5, "lane_train_mcpu": 500}, have)
+        'train lane at its cpu quota (1 of 1 in use, needs 0.5)'
         >>> pending_reason({"CPU": 2}, have)
         'cluster capacity: CPU 1 of 2 free, needs 2'
     """
@@ -167,10 +188,10 @@ def pending_reason(demand: dict[str, float], resources: dict[str, dict[str, floa
         have = resources.get(name)
         if have is None or have["total"] - have["used"] >= need:
             continue
-        if name.startswith("lane_"):
-            lane, kind = name.removeprefix("lane_").rsplit("_", 1)
-            in_use = f"{have['used']:g} of {have['total']:g} in use"
-            return f"{lane} lane at its {kind} quota ({in_use}, needs {need:g})"
+        if parsed := parse_resource_name(name):
+            lane, kind = parsed
+            in_use = f"{have['used'] / MILLI:g} of {have['total'] / MILLI:g} in use"
+            return f"{lane} lane at its {kind} quota ({in_use}, needs {need / MILLI:g})"
         short.append(f"{name} {have['total'] - have['used']:g} of {have['total']:g} free, needs {need:g}")
     if short:
         return "cluster capacity: " + "; ".join(short)

@@ -23,20 +23,20 @@ QUOTAS = {"lanes": {"serve": {"cpus": 1, "priority": 100}, "train": {"cpus": 0.7
 def test_quotas_become_head_resources_and_every_workload_asks_for_its_lane():
     config = RaylaneConfig.model_validate(QUOTAS)
     assert lanes.cluster_resources(config) == {
-        "lane_serve_cpu": 1.0,
-        "lane_train_cpu": 0.75,
-        "lane_train_gpu": 1.0,
+        "lane_serve_mcpu": 1000,
+        "lane_train_mcpu": 750,
+        "lane_train_mgpu": 1000,
     }
     command = _ray_start_command(config, Path("/tmp/x"))
     assert json.loads(command[command.index("--resources") + 1]) == lanes.cluster_resources(config)
-    assert lanes.requests(config, "train", cpus=0.5, gpus=0.5) == {
-        "lane_train_cpu": 0.5,
-        "lane_train_gpu": 0.5,
+    assert lanes.requests(config, "train", cpus=1.5, gpus=0.5) == {
+        "lane_train_mcpu": 1500,
+        "lane_train_mgpu": 500,
     }
     assert lanes.requests(config, "etl", cpus=1) == {}  # no quota: nothing asked, nothing to wait for
     assert lanes.task_options(config, "train", 0.25) == {
         "num_cpus": 0.25,
-        "resources": {"lane_train_cpu": 0.25},
+        "resources": {"lane_train_mcpu": 250},
     }
     # No quotas at all (the default): the head gets no lane resources.
     assert "--resources" not in _ray_start_command(RaylaneConfig(), Path("/tmp/x"))
@@ -62,15 +62,15 @@ def test_priorities_map_to_niceness_with_serving_on_top():
 def test_status_reads_pending_demand_and_explains_it():
     # The shapes the dashboard's cluster_status returns (names camel-cased by the dashboard).
     report = {
-        "resourceDemand": [[{"CPU": 0.25, "laneTrainCpu": 0.25}, 3]],
-        "pgDemand": [[{"strategy": "PACK", "bundles": [[{"CPU": 0.5, "laneTrainCpu": 0.5}, 2]]}, 1]],
+        "resourceDemand": [[{"CPU": 0.25, "laneTrainMcpu": 250}, 3]],
+        "pgDemand": [[{"strategy": "PACK", "bundles": [[{"CPU": 0.5, "laneTrainMcpu": 500}, 2]]}, 1]],
     }
     pending = _pending_demand(report)
     assert pending == [
-        {"kind": "tasks/actors", "resources": {"CPU": 0.25, "lane_train_cpu": 0.25}, "count": 3},
-        {"kind": "placement groups", "resources": {"CPU": 1.0, "lane_train_cpu": 1.0}, "count": 1},
+        {"kind": "tasks/actors", "resources": {"CPU": 0.25, "lane_train_mcpu": 250}, "count": 3},
+        {"kind": "placement groups", "resources": {"CPU": 1.0, "lane_train_mcpu": 1000}, "count": 1},
     ]
-    have = {"CPU": {"used": 0.75, "total": 2.0}, "lane_train_cpu": {"used": 0.5, "total": 0.75}}
+    have = {"CPU": {"used": 0.75, "total": 2.0}, "lane_train_mcpu": {"used": 500, "total": 750}}
     assert (
         lanes.pending_reason(pending[0]["resources"], have)
         == "waiting for the scheduler (resources are free)"
