@@ -14,6 +14,7 @@ from raylane import lanes
 from raylane.batch.serving import BatchPolicy, answer
 from raylane.cluster import _pending_demand, _ray_start_command
 from raylane.config import RaylaneConfig
+from raylane.costs import job_costs, job_resources
 from raylane.serve.load import OnlineLoad
 
 QUOTAS = {"lanes": {"serve": {"cpus": 1, "priority": 100}, "train": {"cpus": 0.75, "gpus": 1, "priority": 50},
@@ -149,3 +150,32 @@ def test_batch_requests_wait_while_online_traffic_is_busy(monkeypatch: pytest.Mo
         return time.perf_counter() - started
 
     assert asyncio.run(scenario()) < 0.5 and len(engine.requests) == 1
+
+
+def test_a_partial_lanes_section_keeps_the_other_defaults():
+    config = RaylaneConfig.model_validate({"lanes": {"train": {"cpus": 2}}})
+    assert config.lanes["train"].cpus == 2 and config.lanes["train"].priority == 50
+    assert {lane: settings.priority for lane, settings in config.lanes.items()} == {
+        "serve": 100,
+        "train": 50,
+        "etl": 40,
+        "batch": 10,
+    }
+
+
+def test_job_resources_are_what_each_job_holds():
+    config = RaylaneConfig.model_validate({"lanes": {"etl": {"cpus": 1.5}}})
+    train = {"workers": 2, "cpus_per_worker": 0.5, "use_gpu": True, "gpus_per_worker": 1}
+    assert job_resources(config, "train", train, cluster_cpus=8) == (1.25, 2.0)
+    assert job_resources(config, "etl", {}, cluster_cpus=8) == (1.5, 0.0)  # the etl quota
+    assert job_resources(RaylaneConfig(), "docs", {}, cluster_cpus=8) == (8, 0.0)  # no quota: the cluster
+    assert job_resources(config, "batch", {}, cluster_cpus=8) == (0.0, 0.0)  # on serving replicas
+    dedicated = RaylaneConfig.model_validate(
+        {"batch": {"engine": "dedicated", "num_cpus": 2, "concurrency": 2}}
+    )
+    assert job_resources(dedicated, "batch", {}, cluster_cpus=8) == (4.0, 0.0)
+    meta = {"raylane_job": "train", "raylane_lane": "train", "raylane_cpus": "1", "raylane_gpus": "0"}
+    running = {"submission_id": "a", "status": "RUNNING", "start_time": 0, "end_time": None, "metadata": meta}
+    foreign = {"submission_id": "b", "status": "SUCCEEDED", "start_time": 0, "end_time": 1, "metadata": {}}
+    rows = job_costs([running, foreign], now=30)
+    assert [(r["job"], r["cpu_seconds"]) for r in rows] == [("a", 30.0)]  # running: so far; b: not raylane's
