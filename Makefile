@@ -10,7 +10,7 @@ TORCH_SOURCE := $(if $(wildcard $(WHEELS)/torch-*.whl),--find-links $(WHEELS),--
 EXTRAS ?= cpu,dev
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test unit integration lint bench clean
+.PHONY: setup demo test unit integration lint bench image clean
 
 $(BIN)/raylane:
 	$(MAKE) setup
@@ -49,6 +49,12 @@ lint: $(BIN)/raylane
 
 bench: $(BIN)/raylane
 	for b in bench/*.py; do $(BIN)/python $$b --quick || exit 1; done
+
+# Container images (cluster/docker/Dockerfile), where a Docker engine runs.
+IMAGE ?= raylane
+image:
+	docker build -f cluster/docker/Dockerfile --target cpu -t $(IMAGE):cpu .
+	docker build -f cluster/docker/Dockerfile --target gpu -t $(IMAGE):gpu .
 
 clean:
 	rm -rf $(VENV) .raylane .pytest_cache
