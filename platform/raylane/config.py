@@ -229,6 +229,12 @@ class BatchConfig(_Model):
         description="serving engine: batch requests wait to start while more online requests than this "
         "are in flight on the replica. Null: never wait.",
     )
+    online_calm_s: float = Field(
+        0.5,
+        ge=0,
+        description="serving engine: ... or did so less than this many seconds ago (batch resumes once "
+        "serving has been calm this long).",
+    )
     online_busy_ttfb_ms: float | None = Field(
         None,
         gt=0,

@@ -94,6 +94,10 @@ def test_online_load_thresholds_and_forgetting():
     assert load.busy(max_requests=4, max_ttfb_ms=100) and not load.busy(max_requests=4, max_ttfb_ms=300)
     load._ttfb_seen_at = time.perf_counter() - 60  # an old slow answer says nothing about now
     assert not load.busy(max_requests=4, max_ttfb_ms=100)
+    # Two in flight a moment ago: busy for a threshold of 1 until calm_s has passed, not for 2.
+    assert load.busy(max_requests=1, max_ttfb_ms=None, calm_s=5)
+    assert not load.busy(max_requests=2, max_ttfb_ms=None, calm_s=5)
+    assert not load.busy(max_requests=1, max_ttfb_ms=None, calm_s=0)
 
 
 class FakeEngine:

@@ -8,9 +8,10 @@ so a batch pays no engine start-up and its response bodies are exactly what the 
 would have answered. Batch yields to online traffic twice over:
 
 * each batch request waits to start while the replica's online traffic is busy (more than
-  ``batch.online_busy_requests`` online requests in flight, or a recent time to first byte over
+  ``batch.online_busy_requests`` online requests in flight, now or in the last
+  ``batch.online_calm_s`` seconds, or a recent time to first byte over
   ``batch.online_busy_ttfb_ms``; see :mod:`raylane.serve.load`), so batch pauses until serving
-  recovers;
+  has recovered;
 * inside the engine, batch requests carry vLLM priority ``batch.priority`` (online ones carry 0;
   serving engines run with ``scheduling_policy=priority``), so online requests are scheduled
   first and batch ones are the first preempted when the KV cache runs short.
@@ -51,11 +52,12 @@ class BatchPolicy:
     priority: int
     online_busy_requests: int | None
     online_busy_ttfb_ms: float | None
+    online_calm_s: float = 0.0
 
     @classmethod
     def of(cls, config: RaylaneConfig) -> BatchPolicy:
         batch = config.batch
-        return cls(batch.priority, batch.online_busy_requests, batch.online_busy_ttfb_ms)
+        return cls(batch.priority, batch.online_busy_requests, batch.online_busy_ttfb_ms, batch.online_calm_s)
 
 
 # -- on the replica ----------------------------------------------------------------------------
@@ -93,7 +95,9 @@ async def _answer_one(
         message = f"{where}: {first['msg']}" if where else first["msg"]
         return _error(request_id, 400, message, where)
     await ONLINE.wait_until_calm(
-        max_requests=policy.online_busy_requests, max_ttfb_ms=policy.online_busy_ttfb_ms
+        max_requests=policy.online_busy_requests,
+        max_ttfb_ms=policy.online_busy_ttfb_ms,
+        calm_s=policy.online_calm_s,
     )
     response = None
     async for item in await engine_call(ENGINE_METHODS[endpoint], request):
