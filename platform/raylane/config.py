@@ -30,7 +30,14 @@ CONFIG_FILE_NAME = "raylane.yaml"
 ENV_PREFIX = "RAYLANE_"
 # RAYLANE_* variables that are not settings: what the CLI, clients and batch processes read themselves.
 CONTROL_ENV_VARS = frozenset(
-    {"RAYLANE_CONFIG", "RAYLANE_DEBUG", "RAYLANE_CONFIG_JSON", "RAYLANE_API_KEY", "RAYLANE_LANE_NICE"}
+    {
+        "RAYLANE_CONFIG",
+        "RAYLANE_DEBUG",
+        "RAYLANE_CONFIG_JSON",
+        "RAYLANE_API_KEY",
+        "RAYLANE_LANE_NICE",
+        "RAYLANE_LANE_BACKGROUND",
+    }
 )
 LaneName = Literal["etl", "train", "serve", "batch"]
 
@@ -145,6 +152,11 @@ class LaneConfig(_Model):
     )
     priority: int = Field(
         0, description="Higher gets the CPU first (OS niceness of the lane's processes); serving is highest."
+    )
+    background: bool | None = Field(
+        None,
+        description="Run the lane's processes in Linux's SCHED_IDLE class (CPU only when nothing else wants "
+        "it). Unset: every lane below the top priority.",
     )
 
 

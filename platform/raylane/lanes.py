@@ -11,10 +11,12 @@ each a quota and a priority, and Ray, not raylane, enforces them:
   lane asks for as many thousandths as it asks ``CPU``/``GPU``, so a lane over its quota waits as
   pending demand, which `raylane status` explains, and starts when its own lane frees capacity.
   A lane without a quota asks for no lane resource.
-* **Priority is OS niceness.** Ray starts every worker at niceness 15; the top-priority lane
-  (serving) stays there and the others get up to 4 levels more by their distance from it, so on
-  shared cores online requests get the CPU first. Job drivers and their workers apply it through
-  :func:`lower_priority` (the jobs' Ray ``worker_process_setup_hook``).
+* **Priority is OS scheduling.** Ray starts every worker at niceness 15; the top-priority lane
+  (serving) stays there and the others get up to 4 levels more by their distance from it. Lanes
+  below the top one are also *background* by default: they run in Linux's ``SCHED_IDLE`` class,
+  so they get a core only when serving leaves it idle (niceness alone let a training run add
+  seconds to online latency on 2 cores; measured). Job drivers and their workers apply both
+  through :func:`lower_priority` (the jobs' Ray ``worker_process_setup_hook``).
 
 Example:
     >>> from raylane.config import RaylaneConfig
@@ -38,6 +40,7 @@ LANES: tuple[LaneName, ...] = ("serve", "batch", "train", "etl")
 RAY_WORKER_NICENESS = 15  # what the raylet gives worker processes (drivers start at 0)
 MAX_EXTRA_NICENESS = 4  # 15..19: the room Linux leaves above Ray's workers
 NICE_ENV = "RAYLANE_LANE_NICE"
+BACKGROUND_ENV = "RAYLANE_LANE_BACKGROUND"
 MILLI = 1000  # lane resources count thousandths of a CPU/GPU
 # Which lane each raylane job runs in (the ``job:`` of its jobs/*.yaml).
 JOB_LANES: dict[str, LaneName] = {"etl": "etl", "docs": "etl", "train": "train", "batch": "batch"}
@@ -116,26 +119,35 @@ def niceness(config: RaylaneConfig, lane: str) -> int:
     return RAY_WORKER_NICENESS + extra
 
 
+def background(config: RaylaneConfig, lane: str) -> bool:
+    """Whether a lane runs in ``SCHED_IDLE``: its ``background`` setting, else "below the top"."""
+    settings = config.lanes.get(lane)  # type: ignore[call-overload]
+    if settings is None:
+        return False
+    if settings.background is not None:
+        return settings.background
+    return settings.priority < max(other.priority for other in config.lanes.values())
+
+
 def job_runtime_env(config: RaylaneConfig, lane: str) -> dict[str, Any]:
-    """runtime_env entries that run a job's workers at its lane's niceness."""
-    return {
-        "env_vars": {NICE_ENV: str(niceness(config, lane))},
-        "worker_process_setup_hook": "raylane.lanes.lower_priority",
-    }
+    """runtime_env entries that run a job's driver and workers at its lane's priority."""
+    env = {NICE_ENV: str(niceness(config, lane))}
+    if background(config, lane):
+        env[BACKGROUND_ENV] = "1"
+    return {"env_vars": env, "worker_process_setup_hook": "raylane.lanes.lower_priority"}
 
 
 def lower_priority() -> None:
-    """Raise this process's niceness to its lane's (``RAYLANE_LANE_NICE``); never lowers it.
+    """Apply this process's lane priority (``RAYLANE_LANE_NICE``, ``RAYLANE_LANE_BACKGROUND``).
 
-    A job's driver calls it at start; Ray calls it in every worker of the job (its
-    ``worker_process_setup_hook``), and vLLM engine processes inherit it from their actor.
+    Niceness only ever goes up. A job's driver calls it at start; Ray calls it in every worker of
+    the job (its ``worker_process_setup_hook``), and vLLM engine processes inherit it.
     """
     target = os.environ.get(NICE_ENV)
-    if not target:
-        return
-    current = os.nice(0)
-    if int(target) > current:
-        os.nice(int(target) - current)
+    if target and int(target) > os.nice(0):
+        os.nice(int(target) - os.nice(0))
+    if os.environ.get(BACKGROUND_ENV) == "1" and hasattr(os, "SCHED_IDLE"):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 def lane_of_job(job: str | None) -> LaneName | None:

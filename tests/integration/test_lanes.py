@@ -149,13 +149,13 @@ def latencies(client: openai.OpenAI, n: int) -> list[float]:
 
 
 def p99(samples: list[float]) -> float:
-    return statistics.quantiles(samples, n=100)[98]
+    return statistics.quantiles(samples, n=100, method="inclusive")[98]  # within the samples seen
 
 
 def test_serving_keeps_answering_while_train_and_batch_run(laned: LanedCluster):
     project, client = laned.project, laned.client()
     latencies(client, 5)  # warm-up
-    idle = p99(latencies(client, 40))
+    idle = p99(latencies(client, 60))
 
     train = submit(project, write_job(project, "train", output_model="busy", steps=3000, **TRAIN))
     wait_for(lambda: "train step=" in project.cli("jobs", "logs", train).stdout, 600, "training steps")
@@ -172,15 +172,21 @@ def test_serving_keeps_answering_while_train_and_batch_run(laned: LanedCluster):
     )
     wait_for(lambda: client.batches.retrieve(batch.id).request_counts.completed > 0, 300, "batch answers")
 
-    # Priorities are OS niceness: serving replicas stay at Ray's 15, train and batch go below.
-    assert {p.nice() for p in session_processes(project, "RayTrainWorker")} == {17}
+    # Priorities are OS scheduling: serving replicas stay at Ray's niceness 15; train and batch go
+    # below, and run in the background (SCHED_IDLE) class.
+    trainers = session_processes(project, "RayTrainWorker")
+    assert {p.nice() for p in trainers} == {17}
+    assert {os.sched_getscheduler(p.pid) for p in trainers} == {os.SCHED_IDLE}
     # (Ray starts job drivers in sessions of their own, through a shell: find the batch's by its id.)
     drivers = [p for p in processes(f"--batch-id {batch.id}") if p.name().startswith("python")]
     assert drivers and {p.nice() for p in drivers} == {19}
-    assert {p.nice() for p in session_processes(project, "ServeReplica")} == {15}
+    assert {os.sched_getscheduler(p.pid) for p in drivers} == {os.SCHED_IDLE}
+    replicas = session_processes(project, "ServeReplica")
+    assert {p.nice() for p in replicas} == {15}
+    assert {os.sched_getscheduler(p.pid) for p in replicas} == {os.SCHED_OTHER}
 
     latencies(client, 3)  # the batch requests already in the engine finish; new ones now wait
-    loaded = p99(latencies(client, 40))
+    loaded = p99(latencies(client, 60))
     assert loaded <= 2 * idle, f"p99 {loaded * 1000:.0f} ms under load vs {idle * 1000:.0f} ms idle"
     assert job_status(project, train) == "RUNNING"  # the load was really there throughout
 

@@ -50,9 +50,11 @@ def test_priorities_map_to_niceness_with_serving_on_top():
     flat = RaylaneConfig.model_validate({"lanes": {lane: {"priority": 1} for lane in lanes.LANES}})
     assert {lanes.niceness(flat, lane) for lane in lanes.LANES} == {15}
     env = lanes.job_runtime_env(config, "train")
-    assert env["env_vars"] == {lanes.NICE_ENV: "17"} and env["worker_process_setup_hook"].endswith(
-        "lower_priority"
-    )
+    assert env["env_vars"] == {lanes.NICE_ENV: "17", lanes.BACKGROUND_ENV: "1"}  # below the top: background
+    assert env["worker_process_setup_hook"].endswith("lower_priority")
+    assert lanes.job_runtime_env(config, "serve")["env_vars"] == {lanes.NICE_ENV: "15"}
+    foreground = RaylaneConfig.model_validate({"lanes": {"train": {"background": False}}})
+    assert not lanes.background(foreground, "train") and lanes.background(foreground, "batch")
     assert (lanes.lane_of_job("docs"), lanes.lane_of_job("train"), lanes.lane_of_job("smoke")) == (
         "etl",
         "train",
