@@ -236,8 +236,21 @@ def prometheus_api(laned: LanedCluster, path: str, **params: str) -> list:
 
 
 def test_prometheus_holds_every_metric_the_grafana_dashboard_queries(laned: LanedCluster):
-    # A streamed answer (time to first token is measured on streams) and a refused request (errors).
-    stream = laned.client().chat.completions.create(
+    # A small batch of its own (batch progress metrics), a streamed answer (time to first token is
+    # measured on streams) and a refused request (errors).
+    client = laned.client()
+    lines = [
+        {"custom_id": f"m{i}", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}}
+        for i in range(8)
+    ]  # fmt: skip
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    upload = client.files.create(file=("metrics.jsonl", io.BytesIO(data)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    wait_for(lambda: client.batches.retrieve(batch.id).status == "completed", 300, "the small batch")
+    stream = client.chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": "stream"}], max_tokens=4, stream=True
     )
     assert sum(1 for _ in stream) >= 1
