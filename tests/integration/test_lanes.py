@@ -278,5 +278,3 @@ def test_prometheus_holds_every_metric_the_grafana_dashboard_queries(laned: Lane
         time.sleep(3)
     served = prometheus_api(laned, "query", query="sum(ray_raylane_requests_total)")
     assert float(served[0]["value"][1]) >= 1
-    lanes_now = prometheus_api(laned, "query", query='ray_resources{Name="lane_train_cpu"}')
-    assert {series["metric"]["State"] for series in lanes_now} >= {"USED", "AVAILABLE"}
