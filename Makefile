@@ -10,7 +10,7 @@ TORCH_SOURCE := $(if $(wildcard $(WHEELS)/torch-*.whl),--find-links $(WHEELS),--
 EXTRAS ?= cpu,dev
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test unit integration lint bench image clean
+.PHONY: setup demo test unit integration lint bench image render clean
 
 $(BIN)/raylane:
 	$(MAKE) setup
@@ -55,6 +55,11 @@ IMAGE ?= raylane
 image:
 	docker build -f cluster/docker/Dockerfile --target cpu -t $(IMAGE):cpu .
 	docker build -f cluster/docker/Dockerfile --target gpu -t $(IMAGE):gpu .
+
+# Cluster manifests from cluster/raylane.cluster.yaml (the golden files tests/unit/test_render.py pins).
+render: $(BIN)/raylane
+	$(BIN)/raylane render kuberay -c cluster/raylane.cluster.yaml -o cluster/kuberay
+	$(BIN)/raylane render launcher -c cluster/raylane.cluster.yaml -o cluster/launcher
 
 clean:
 	rm -rf $(VENV) .raylane .pytest_cache

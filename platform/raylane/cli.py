@@ -100,6 +100,43 @@ def down(config_path: ConfigOption = None) -> None:
     out.print(f"raylane head stopped (pid {record.pid})" if record else "no raylane head is running")
 
 
+@app.command("render")
+def render_cmd(
+    target: Annotated[
+        str, typer.Argument(help="kuberay (Kubernetes manifests) or launcher (`ray up` YAML).")
+    ],
+    config_path: ConfigOption = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder to write. Default: <project>/cluster/<target>.")
+    ] = None,
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Write nothing; exit 1 if the folder's files differ from a render."),
+    ] = False,
+) -> None:
+    """Generate cluster manifests from raylane.yaml (`cluster:`, `lanes:`, `models:`, storage, database)."""
+    from raylane import render
+
+    config = load(config_path)
+    files = render.render(config, target)  # type: ignore[arg-type]  # an unknown target is a ConfigError
+    folder = out_dir or config.project_dir / "cluster" / target
+    for warning in render.warnings(config):
+        err.print(f"warning: {warning}")
+    if check:
+        stale = [name for name, text in files.items() if _read_or_none(folder / name) != text]
+        if stale:
+            err.print(f"out of date in {folder}: {', '.join(sorted(stale))} (run `raylane render {target}`)")
+            raise typer.Exit(1)
+        out.print(f"{folder}: {len(files)} files up to date")
+        return
+    for path in render.write(files, folder):
+        out.print(str(path))
+
+
+def _read_or_none(path: Path) -> str | None:
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
 @app.command()
 def status(config_path: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Cluster resources, running jobs, Serve apps and the storage root."""

@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from raylane.errors import ConfigError
 
@@ -285,6 +293,71 @@ class MonitoringConfig(_Model):
     retention: str = Field("7d", description="How long Prometheus keeps samples.")
 
 
+class NodeGroupConfig(_Model):
+    """One kind of node in a rendered cluster (a KubeRay worker group, a launcher node type)."""
+
+    name: str = Field(description="Group name (KubeRay groupName, launcher node type).", min_length=1)
+    cpus: int = Field(ge=1, description="CPUs per node (pod request and limit, Ray's CPU resource).")
+    gpus: int = Field(0, ge=0, description="GPUs per node (nvidia.com/gpu, Ray's GPU resource).")
+    memory_gb: int = Field(ge=1, description="Memory per node in GiB (pod request and limit).")
+    min_replicas: int = Field(0, ge=0, description="Nodes the autoscaler keeps (workers only).")
+    max_replicas: int = Field(1, ge=1, description="Nodes the autoscaler may start (workers only).")
+    instance_type: str | None = Field(
+        None, description="Cloud instance type: launcher InstanceType, KubeRay node selector."
+    )
+    accelerator_type: str | None = Field(
+        None, description="GPU model as Ray names it (e.g. A10G): the node's accelerator_type label."
+    )
+    lanes: list[LaneName] = Field(
+        default_factory=lambda: ["serve", "batch", "train", "etl"],
+        description="Lanes whose work may run here. Each node offers these lanes' quotas (at most the "
+        "node's own CPUs/GPUs): on a cluster a lane quota applies per node.",
+    )
+
+
+def _default_worker_groups() -> list[NodeGroupConfig]:
+    return [
+        NodeGroupConfig(name="cpu", cpus=8, memory_gb=32, min_replicas=1, max_replicas=4,
+                        instance_type="m6i.2xlarge"),
+        NodeGroupConfig(name="gpu", cpus=8, gpus=1, memory_gb=32, max_replicas=2,
+                        instance_type="g5.2xlarge", accelerator_type="A10G"),
+    ]  # fmt: skip
+
+
+class ClusterConfig(_Model):
+    """A Ray cluster beyond this machine, as `raylane render kuberay|launcher` writes it."""
+
+    name: str = Field("raylane", description="RayCluster / launcher cluster name.")
+    namespace: str = Field("raylane", description="Kubernetes namespace of the manifests.")
+    image: str = Field("ghcr.io/raylane/raylane:cpu", description="Image of CPU nodes (`make image`, cpu).")
+    gpu_image: str = Field("ghcr.io/raylane/raylane:gpu", description="Image of GPU nodes (gpu target).")
+    secret_name: str = Field(
+        "raylane-secrets",
+        description="Kubernetes Secret whose keys become every Ray pod's environment: AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, RAYLANE_DATABASE__URL (never written into a manifest).",
+    )
+    head: NodeGroupConfig = Field(
+        default_factory=lambda: NodeGroupConfig(name="head", cpus=4, memory_gb=16, lanes=[],
+                                                instance_type="m6i.xlarge"),
+        description="The head node. It runs no workloads (num-cpus 0): only Ray's control plane.",
+    )  # fmt: skip
+    worker_groups: list[NodeGroupConfig] = Field(
+        default_factory=_default_worker_groups, description="Worker node groups (autoscaled)."
+    )
+    idle_timeout_s: int = Field(300, ge=0, description="Seconds an idle worker lives before scale-down.")
+    aws_region: str = Field("us-west-2", description="Cluster launcher: AWS region.")
+
+    @model_validator(mode="after")
+    def _groups_make_sense(self) -> ClusterConfig:
+        names = [self.head.name] + [group.name for group in self.worker_groups]
+        if len(set(names)) != len(names):
+            raise ValueError(f"node group names must be unique, got {names}")
+        for group in self.worker_groups:
+            if group.min_replicas > group.max_replicas:
+                raise ValueError(f"worker group {group.name}: min_replicas is above max_replicas")
+        return self
+
+
 class RaylaneConfig(_Model):
     """Everything in ``raylane.yaml``."""
 
@@ -305,6 +378,9 @@ class RaylaneConfig(_Model):
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Online serving lane.")
     batch: BatchConfig = Field(default_factory=BatchConfig, description="Batch lane.")
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig, description="Local Prometheus.")
+    cluster: ClusterConfig = Field(
+        default_factory=ClusterConfig, description="A cluster beyond this machine (`raylane render`)."
+    )
 
     @field_validator("lanes", mode="before")
     @classmethod

@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 from raylane.config import LaneName, RaylaneConfig
@@ -75,6 +76,32 @@ def cluster_resources(config: RaylaneConfig) -> dict[str, int]:
         for kind, quota in (("cpu", settings.cpus), ("gpu", settings.gpus)):
             if quota is not None:
                 offered[resource_name(lane, kind)] = _milli(quota)
+    return offered
+
+
+def node_resources(
+    config: RaylaneConfig, hosted: Iterable[str], *, cpus: float, gpus: float = 0
+) -> dict[str, int]:
+    """The lane resources one node of a multi-node cluster offers for the lanes it ``hosted``.
+
+    Custom resources are per node, so on a cluster each node of a group offers every hosted lane's
+    quota, capped at the node's own CPUs/GPUs: the quota holds per node, and a lane's work lands
+    only on nodes that host it.
+
+    Example:
+        >>> from raylane.config import RaylaneConfig
+        >>> config = RaylaneConfig.model_validate({"lanes": {"train": {"cpus": 16}, "serve": {"gpus": 0.5}}})
+        >>> node_resources(config, ["train", "serve"], cpus=8, gpus=1)
+        {'lane_serve_mgpu': 500, 'lane_train_mcpu': 8000}
+    """
+    offered: dict[str, int] = {}
+    for lane in sorted(hosted):
+        settings = config.lanes.get(lane)  # type: ignore[call-overload]
+        if settings is None:
+            continue
+        for kind, quota, capacity in (("cpu", settings.cpus, cpus), ("gpu", settings.gpus, gpus)):
+            if quota is not None and capacity > 0:
+                offered[resource_name(lane, kind)] = _milli(min(quota, capacity))
     return offered
 
 
