@@ -10,7 +10,7 @@ TORCH_SOURCE := $(if $(wildcard $(WHEELS)/torch-*.whl),--find-links $(WHEELS),--
 EXTRAS ?= cpu,dev
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test unit integration lint bench image render clean
+.PHONY: setup demo test unit integration lint bench image render migration clean
 
 $(BIN)/raylane:
 	$(MAKE) setup
@@ -21,7 +21,7 @@ setup:
 	$(BIN)/uv pip install -p $(BIN)/python $(TORCH_SOURCE) \
 	    --overrides cluster/local/uv-overrides-cpu.txt --excludes cluster/local/uv-excludes.txt \
 	    -e ".[$(EXTRAS)]"
-	bash cluster/local/install-prometheus.sh
+	bash cluster/local/install-system-packages.sh
 
 # The local cluster stays up afterwards: open the dashboard, then `.venv/bin/raylane down`.
 demo: $(BIN)/raylane
@@ -60,6 +60,10 @@ image:
 render: $(BIN)/raylane
 	$(BIN)/raylane render kuberay -c cluster/raylane.cluster.yaml -o cluster/kuberay
 	$(BIN)/raylane render launcher -c cluster/raylane.cluster.yaml -o cluster/launcher
+
+# A new metadata-DB migration from the models in platform/raylane/db.py: make migration MSG="add x"
+migration: $(BIN)/raylane
+	$(BIN)/python -c "import sys; from raylane.migrations import new_revision; print(new_revision(sys.argv[1]))" "$(MSG)"
 
 clean:
 	rm -rf $(VENV) .raylane .pytest_cache

@@ -1,6 +1,8 @@
 """The metadata store (SQLAlchemy 2): API keys, the usage ledger, model versions, files and batches.
 
-SQLite in the state dir by default; any SQLAlchemy URL (PostgreSQL on clusters) works the same.
+SQLite in the state dir by default; PostgreSQL (``postgresql+psycopg://...``) on clusters, where Gateway
+replicas on several nodes share it. The schema comes from Alembic migrations (:mod:`raylane.migrations`),
+applied when a store opens the database.
 API keys are stored as a SHA-256 digest plus a short display prefix. A plain digest (not bcrypt) is
 the right tool here: the secrets are 256-bit random tokens, so there is nothing to brute-force, and
 the gateway must look a key up on every request.
@@ -197,7 +199,9 @@ class MetadataStore:
         self.url = url
         try:
             self.engine: Engine = create_engine(url, **_engine_options(url))
-            Base.metadata.create_all(self.engine)
+            from raylane.migrations import upgrade
+
+            upgrade(self.engine)  # the schema comes from the migrations, never from create_all
         except OperationalError as exc:
             raise RaylaneError(f"cannot open the metadata database: {exc.orig}") from None
         except Exception as exc:  # a malformed URL or a missing driver
@@ -210,6 +214,10 @@ class MetadataStore:
         if config.database.url.startswith("sqlite:///") and config.state_dir is not None:
             config.state_dir.mkdir(parents=True, exist_ok=True)
         return cls(config.database.url)
+
+    def close(self) -> None:
+        """Close the pooled connections (a PostgreSQL server counts them against its limit)."""
+        self.engine.dispose()
 
     @contextmanager
     def session(self) -> Iterator[Session]:

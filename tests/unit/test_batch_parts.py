@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -121,20 +122,28 @@ def test_collector_turns_engine_errors_into_error_lines():
     )
 
 
+OWNER = 1  # the first key of a fresh database
+
+
 @pytest.fixture
-def lane(tmp_path: Path) -> tuple[Storage, BatchStore]:
-    return Storage.from_uri(tmp_path.as_uri()), BatchStore(MetadataStore("sqlite://"))
+def lane(tmp_path: Path, database_url: str) -> Iterator[tuple[Storage, BatchStore]]:
+    # The compare-and-set and finalize rules hold on SQLite and on PostgreSQL alike.
+    store = MetadataStore(database_url)
+    store.create_key("k")  # the batches' owner (PostgreSQL enforces the usage ledger's foreign key)
+    assert store.list_keys()[0].id == OWNER
+    yield Storage.from_uri(tmp_path.as_uri()), BatchStore(store)
+    store.close()
 
 
 def _batch(storage: Storage, records: BatchStore, custom_ids: list[str]) -> str:
     data = encode(*(request(c) for c in custom_ids))
     source = records.add_file(
-        key_id=7, filename="in.jsonl", purpose="batch", size=len(data), path="files/in.jsonl"
+        key_id=OWNER, filename="in.jsonl", purpose="batch", size=len(data), path="files/in.jsonl"
     )
     storage.write_bytes(source.path, data)
     return records.add_batch(
-        key_id=7, key_name="k", endpoint=CHAT, model="m", input_file_id=source.id, completion_window="24h",
-        status="in_progress", created_at=1.0, expires_at=1e12, total=len(custom_ids),
+        key_id=OWNER, key_name="k", endpoint=CHAT, model="m", input_file_id=source.id,
+        completion_window="24h", status="in_progress", created_at=1.0, expires_at=1e12, total=len(custom_ids),
     ).id  # fmt: skip
 
 
@@ -158,7 +167,7 @@ def test_finalize_orders_lines_once_and_charges_usage_once(lane):
         json.loads(x)["custom_id"] for x in storage.read_bytes(file_path(record.output_file_id)).splitlines()
     ]
     assert output == ["a", "c"]  # input order; "d" never ran, so it has no line
-    assert records.get_file(record.error_file_id, key_id=7).purpose == "batch_error"
+    assert records.get_file(record.error_file_id, key_id=OWNER).purpose == "batch_error"
     assert batch_object(record)["usage"]["output_tokens"] == 9
     again = finalize(storage, records, batch_id, "completed")
     assert again.status == "cancelled"
@@ -174,4 +183,4 @@ def test_status_changes_are_compare_and_set(lane):
     assert not records.transition(batch_id, ("in_progress",), status="finalizing")
     assert records.get_batch(batch_id).job_id == "job-1"
     with pytest.raises(Exception, match="No such Batch"):
-        records.get_batch(batch_id, key_id=8)
+        records.get_batch(batch_id, key_id=OWNER + 1)
