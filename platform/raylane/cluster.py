@@ -139,11 +139,11 @@ def ray_env(config: RaylaneConfig) -> dict[str, str]:
         >>> ray_env(cfg)
         {'RAY_AUTH_MODE': 'disabled', 'RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER': '0'}
     """
-    env = {
-        "RAY_AUTH_MODE": config.ray.auth_mode,
-        # Keeps Ray 2.60 on the loopback address we give it instead of a guessed external IP.
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    }
+    env = {"RAY_AUTH_MODE": config.ray.auth_mode}
+    if not config.is_remote:
+        # Keeps Ray 2.60 on the loopback address we give the local head instead of a guessed external
+        # IP. Never on a real cluster: it also makes every process take 127.0.0.1 as its node's IP.
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     path = token_path(config)
     if path is not None:
         env["RAY_AUTH_TOKEN_PATH"] = str(path)
@@ -159,8 +159,11 @@ def auth_headers(config: RaylaneConfig) -> dict[str, str]:
     """HTTP headers for the dashboard/Jobs/Serve REST APIs (the bearer token when auth is on)."""
     if config.ray.auth_mode != "token":
         return {}
+    # Ray's own order: RAY_AUTH_TOKEN, then the token file (ours, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token).
     token = os.environ.get("RAY_AUTH_TOKEN")
-    path = token_path(config) or Path.home() / ".ray" / "auth_token"
+    path = token_path(config) or Path(
+        os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token"
+    )
     if not token and path.exists():
         token = path.read_text().strip()
     return {"Authorization": f"Bearer {token}"} if token else {}
@@ -196,21 +199,34 @@ def dashboard_url(config: RaylaneConfig) -> str:
     return local_urls(config)["dashboard"]
 
 
-def probe_dashboard(url: str, config: RaylaneConfig, timeout: float = 2.0) -> bool:
-    """Whether a Ray dashboard answers at ``url`` with our credentials."""
+def _dashboard_status(url: str, config: RaylaneConfig, timeout: float) -> int | None:
+    """The HTTP status a Ray dashboard gives our credentials at ``url`` (None: nothing answers)."""
     request = urllib.request.Request(f"{url}/api/version", headers=auth_headers(config))
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status == 200
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
     except (urllib.error.URLError, OSError):
-        return False
+        return None
+
+
+def probe_dashboard(url: str, config: RaylaneConfig, timeout: float = 2.0) -> bool:
+    """Whether a Ray dashboard answers at ``url`` with our credentials."""
+    return _dashboard_status(url, config, timeout) == 200
 
 
 def require_cluster(config: RaylaneConfig) -> str:
     """The dashboard URL of a reachable cluster, or :class:`ClusterNotRunningError` saying what to do."""
     url = dashboard_url(config)
-    if probe_dashboard(url, config):
+    status = _dashboard_status(url, config, timeout=2.0)
+    if status == 200:
         return url
+    if status in (401, 403):
+        raise ClusterNotRunningError(
+            f"the Ray cluster at {url} refused raylane's token (HTTP {status}): set RAY_AUTH_TOKEN, "
+            "RAY_AUTH_TOKEN_PATH or ray.auth_token_path to the cluster's token"
+        )
     if config.is_remote:
         raise ClusterNotRunningError(f"no Ray cluster answers at {url} (RAY_ADDRESS / ray.address)")
     raise ClusterNotRunningError(f"no raylane cluster is running at {url}: start one with `raylane up`")
@@ -384,7 +400,7 @@ def start_serve(config: RaylaneConfig, dashboard: str) -> None:
     http_options = {"host": config.ray.bind_host, "port": config.ray.ports.serve_http}
     try:
         ServeSubmissionClient(dashboard).deploy_applications(
-            {"http_options": http_options, "applications": []}
+            {"proxy_location": config.serve.proxy_location, "http_options": http_options, "applications": []}
         )
     except RuntimeError as exc:
         raise ClusterError(f"could not start Ray Serve: {str(exc).strip().splitlines()[-1]}") from None

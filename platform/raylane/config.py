@@ -97,6 +97,11 @@ class RayConfig(_Model):
         description="File holding the Ray auth token. Unset: <state_dir>/ray-auth-token, created by "
         "`raylane up`. For a remote cluster, point it at that cluster's token.",
     )
+    head_lanes: list[LaneName] | None = Field(
+        None,
+        description="Lanes whose quotas the local head offers. Unset: every lane (a one-node cluster). "
+        "[] when nodes that join it (`ray start --address`) host the lanes instead.",
+    )
     start_timeout_s: float = Field(90, gt=0, description="How long `raylane up` waits for the head.")
     serve_throughput_optimized: bool = Field(
         False,
@@ -208,6 +213,11 @@ class ServeConfig(_Model):
     public_url: str | None = Field(
         None,
         description="Base URL clients use (remote clusters: your load balancer). Unset: the local head's.",
+    )
+    proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = Field(
+        "EveryNode",
+        description="Where Serve runs HTTP proxies: every node with replicas (Serve's default), the head "
+        "only (one ingress), or none.",
     )
     deploy_timeout_s: float = Field(900, gt=0, description="How long `serve deploy` waits for RUNNING.")
     max_ongoing_requests: int = Field(
@@ -449,6 +459,8 @@ class RaylaneConfig(_Model):
         data = self.public_dict()
         data["storage"]["s3"]["secret_access_key"] = None
         data["storage"]["s3"]["access_key_id"] = None
+        if self.is_remote:  # a path on the submitter's machine: the cluster has its own token
+            data["ray"]["auth_token_path"] = None
         return data
 
 
