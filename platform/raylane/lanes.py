@@ -70,9 +70,12 @@ def _milli(amount: float) -> int:
 
 
 def cluster_resources(config: RaylaneConfig) -> dict[str, int]:
-    """The lane resources a cluster must offer: one per quota set in ``lanes:``."""
+    """The lane resources the local head offers: one per quota set in ``lanes:`` (``ray.head_lanes``)."""
     offered: dict[str, int] = {}
+    hosted = config.ray.head_lanes
     for lane, settings in config.lanes.items():
+        if hosted is not None and lane not in hosted:
+            continue
         for kind, quota in (("cpu", settings.cpus), ("gpu", settings.gpus)):
             if quota is not None:
                 offered[resource_name(lane, kind)] = _milli(quota)

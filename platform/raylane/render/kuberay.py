@@ -205,7 +205,7 @@ def serve_config(config: RaylaneConfig) -> dict[str, Any]:
     """Serve's config file (``serveConfigV2``): raylane's app with the config's models."""
     models = [model.model_dump(mode="json", exclude_defaults=True) for model in config.models]
     return {
-        "proxy_location": "EveryNode",
+        "proxy_location": config.serve.proxy_location,
         "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
         "applications": [
             {

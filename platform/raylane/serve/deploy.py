@@ -105,7 +105,13 @@ def _submit(
         "port": http.get("port", config.ray.ports.serve_http),
     }
     try:
-        client.deploy_applications({"http_options": http_options, "applications": applications})
+        client.deploy_applications(
+            {
+                "proxy_location": config.serve.proxy_location,
+                "http_options": http_options,
+                "applications": applications,
+            }
+        )
     except RuntimeError as exc:
         raise ClusterError(f"Ray Serve refused the application: {_last_line(exc)}") from None
 
