@@ -94,12 +94,12 @@ def config_map(config: RaylaneConfig) -> dict[str, Any]:
     }
 
 
-def _labels(config: RaylaneConfig, component: str) -> dict[str, str]:
+def _labels(component: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": "raylane", "app.kubernetes.io/component": component}
 
 
 def _metadata(config: RaylaneConfig, name: str, component: str) -> dict[str, Any]:
-    return {"name": name, "namespace": config.cluster.namespace, "labels": _labels(config, component)}
+    return {"name": name, "namespace": config.cluster.namespace, "labels": _labels(component)}
 
 
 def ray_cluster(config: RaylaneConfig, *, gpu: bool) -> dict[str, Any]:
@@ -198,7 +198,7 @@ def _pod(config: RaylaneConfig, group: NodeGroupConfig, *, head: bool) -> dict[s
         pod["nodeSelector"] = {"node.kubernetes.io/instance-type": group.instance_type}
     if group.gpus:
         pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    return {"metadata": {"labels": _labels(config, "ray-node")}, "spec": pod}
+    return {"metadata": {"labels": _labels("ray-node")}, "spec": pod}
 
 
 def serve_config(config: RaylaneConfig) -> dict[str, Any]:
