@@ -8,7 +8,7 @@ A database made before migrations existed (tables, no ``alembic_version``) is st
 revision, whose schema it already has, and upgraded from there.
 
 Example:
-    >>> from sqlalchemy import create_engine, inspect
+    >>> from sqlalchemy import create_engine
     >>> engine = create_engine("sqlite://")
     >>> upgrade(engine)
     >>> current_revision(engine) == head_revision()
