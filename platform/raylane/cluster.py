@@ -40,6 +40,8 @@ from raylane.errors import ClusterError, ClusterNotRunningError, PortInUseError
 HEAD_RECORD = "head.json"
 TOKEN_FILE = "ray-auth-token"
 HEAD_LOG = "head.log"
+# Ray copies a resource for each placement group holding some: CPU_group_<pg id>, CPU_group_0_<pg id>.
+PLACEMENT_GROUP_SHARE = re.compile(r"group_?\d*_?[0-9a-f]{16,}$", re.IGNORECASE)
 
 
 @dataclass
@@ -313,6 +315,7 @@ def head_environment(config: RaylaneConfig) -> dict[str, str]:
     env["RAYLANE_CONFIG_JSON"] = json.dumps(config.job_dict())
     if config.ray.serve_throughput_optimized:
         env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    env.update(lanes.node_environment())
     if config.monitoring.enabled:  # the dashboard's metrics views read from it
         env.setdefault(
             "RAY_PROMETHEUS_HOST", f"http://{config.ray.bind_host}:{config.monitoring.prometheus_port}"
@@ -448,7 +451,7 @@ def cluster_summary(config: RaylaneConfig, dashboard: str) -> dict[str, Any]:
     resources = {
         _snake(name): {"used": used, "total": total}
         for name, (used, total) in (report.get("usage") or {}).items()
-        if not name.startswith("node:")
+        if not name.startswith("node:") and not _placement_group_share(name)
     }
     active = (data.get("autoscalerReport") or {}).get("activeNodes") or {}
     pending = _pending_demand(report)
@@ -470,6 +473,18 @@ def _pending_demand(report: dict[str, Any]) -> list[dict[str, Any]]:
                 total[_snake(name)] = total.get(_snake(name), 0) + amount * bundles
         pending.append({"kind": "placement groups", "resources": total, "count": count})
     return pending
+
+
+def _placement_group_share(name: str) -> bool:
+    """Whether a resource is Ray's per-placement-group copy of another (``CPU_group_0_<id>``).
+
+    Example:
+        >>> _placement_group_share("lane_serve_mcpu_group_0_db58a9ad4f406808f94a9d610b0a01000000")
+        True
+        >>> _placement_group_share("CPUGroupDb58a9ad4f406808f94a9d610b0a0100"), _placement_group_share("CPU")
+        (True, False)
+    """
+    return PLACEMENT_GROUP_SHARE.search(name) is not None
 
 
 def _snake(name: str) -> str:

@@ -11,12 +11,15 @@ each a quota and a priority, and Ray, not raylane, enforces them:
   lane asks for as many thousandths as it asks ``CPU``/``GPU``, so a lane over its quota waits as
   pending demand, which `raylane status` explains, and starts when its own lane frees capacity.
   A lane without a quota asks for no lane resource.
-* **Priority is OS scheduling.** Ray starts every worker at niceness 15; the top-priority lane
-  (serving) stays there and the others get up to 4 levels more by their distance from it. Lanes
-  below the top one are also *background* by default: they run in Linux's ``SCHED_IDLE`` class,
-  so they get a core only when serving leaves it idle (niceness alone let a training run add
-  seconds to online latency on 2 cores; measured). Job drivers and their workers apply both
-  through :func:`lower_priority` (the jobs' Ray ``worker_process_setup_hook``).
+* **Priority is OS scheduling.** Ray's raylet starts workers at niceness 15, below its own
+  processes (raylet, GCS, dashboard at 0). Nodes raylane starts set ``RAY_worker_niceness=0``
+  instead, so the top-priority lane (serving) runs at 0, level with Ray's system processes: at 15
+  a replica got a small share of a core whenever the raylet worked for a training run's tasks,
+  and online p99 grew several-fold (measured). The lanes below the top get niceness 15 and up to
+  4 levels more by their distance from it, and are also *background* by default: they run in
+  Linux's ``SCHED_IDLE`` class, so they get a core only when nothing else wants it (niceness alone
+  let a training run add seconds to online latency on 2 cores; measured). Job drivers and their
+  workers apply both through :func:`lower_priority` (the jobs' Ray ``worker_process_setup_hook``).
 
 Example:
     >>> from raylane.config import RaylaneConfig
@@ -26,23 +29,26 @@ Example:
     >>> requests(config, "train", cpus=0.5), requests(config, "etl", cpus=0.5)
     ({'lane_train_mcpu': 500}, {})
     >>> niceness(config, "serve"), niceness(config, "train"), niceness(config, "batch")
-    (15, 17, 19)
+    (0, 17, 19)
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from typing import Any
 
 from raylane.config import LaneName, RaylaneConfig
 
 LANES: tuple[LaneName, ...] = ("serve", "batch", "train", "etl")
-RAY_WORKER_NICENESS = 15  # what the raylet gives worker processes (drivers start at 0)
-MAX_EXTRA_NICENESS = 4  # 15..19: the room Linux leaves above Ray's workers
+WORKER_NICENESS = 0  # what raylane's nodes tell the raylet to give workers (RAY_worker_niceness)
+BELOW_TOP_NICENESS = 15  # the lanes under the top one: 15..19, Ray's own default for workers and up
+MAX_EXTRA_NICENESS = 4  # 15..19: the room Linux leaves
 NICE_ENV = "RAYLANE_LANE_NICE"
 BACKGROUND_ENV = "RAYLANE_LANE_BACKGROUND"
 MILLI = 1000  # lane resources count thousandths of a CPU/GPU
+LANE_RESOURCE = re.compile(r"lane_(?P<lane>[a-z]+)_m(?P<kind>cpu|gpu)")
 # Which lane each raylane job runs in (the ``job:`` of its jobs/*.yaml).
 JOB_LANES: dict[str, LaneName] = {"etl": "etl", "docs": "etl", "train": "train", "batch": "batch"}
 
@@ -55,14 +61,16 @@ def resource_name(lane: str, kind: str) -> str:
 def parse_resource_name(name: str) -> tuple[str, str] | None:
     """``(lane, kind)`` of a lane resource name, or None for any other resource.
 
+    Ray also names a placement group's share of a resource after it (``lane_serve_mcpu_group_<id>``):
+    those are not lane resources.
+
     Example:
         >>> parse_resource_name("lane_train_mcpu"), parse_resource_name("CPU")
         (('train', 'cpu'), None)
+        >>> parse_resource_name("lane_serve_mcpu_group_0_db58a9ad4f40")
     """
-    if not name.startswith("lane_") or "_m" not in name:
-        return None
-    lane, kind = name.removeprefix("lane_").rsplit("_m", 1)
-    return lane, kind
+    match = LANE_RESOURCE.fullmatch(name)
+    return (match["lane"], match["kind"]) if match else None
 
 
 def _milli(amount: float) -> int:
@@ -139,14 +147,24 @@ def task_options(config: RaylaneConfig, lane: str, cpus: float, gpus: float = 0)
 
 
 def niceness(config: RaylaneConfig, lane: str) -> int:
-    """The OS niceness of a lane's processes: 15 for the top-priority lane, up to 19 below it."""
+    """The OS niceness of a lane's processes: 0 for the top-priority lane, 15 to 19 below it."""
     priorities = [settings.priority for settings in config.lanes.values()] or [0]
     top, bottom = max(priorities), min(priorities)
     settings = config.lanes.get(lane)  # type: ignore[call-overload]
-    if settings is None or top == bottom:
-        return RAY_WORKER_NICENESS
+    if settings is None or settings.priority == top:
+        return WORKER_NICENESS
     extra = round(MAX_EXTRA_NICENESS * (top - settings.priority) / (top - bottom))
-    return RAY_WORKER_NICENESS + extra
+    return BELOW_TOP_NICENESS + extra
+
+
+def node_environment() -> dict[str, str]:
+    """Environment for every Ray node raylane starts (local head, KubeRay pods, launcher nodes).
+
+    Example:
+        >>> node_environment()
+        {'RAY_worker_niceness': '0'}
+    """
+    return {"RAY_worker_niceness": str(WORKER_NICENESS)}
 
 
 def background(config: RaylaneConfig, lane: str) -> bool:

@@ -151,3 +151,30 @@ def train_metrics() -> TrainMetrics:
         tokens_per_s=gauge("tokens_per_second", "Training throughput, summed over ranks."),
         val_loss=gauge("val_loss", "Validation loss at the last evaluation."),
     )
+
+
+@dataclass(frozen=True)
+class LaneMetrics:
+    """Each lane's CPUs/GPUs in use and its quota (see :mod:`raylane.lane_metrics`)."""
+
+    used: Gauge
+    quota: Gauge
+
+    def observe(self, usage: list[tuple[str, str, float, float]]) -> None:
+        """Record ``(lane, kind, used, quota)`` rows."""
+        for lane, kind, in_use, limit in usage:
+            tags = {"lane": lane, "kind": kind}
+            self.used.set(in_use, tags)
+            self.quota.set(limit, tags)
+
+
+@cache
+def lane_metrics() -> LaneMetrics:
+    """The lane usage gauges (created on first use, in a serving replica)."""
+    from ray.util.metrics import Gauge
+
+    tags = ("lane", "kind")
+    return LaneMetrics(
+        used=Gauge("raylane_lane_used", description="CPUs/GPUs a lane's work holds now.", tag_keys=tags),
+        quota=Gauge("raylane_lane_quota", description="A lane's quota of CPUs/GPUs.", tag_keys=tags),
+    )

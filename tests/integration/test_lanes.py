@@ -49,7 +49,7 @@ LANES = {
 BATCH = {"batch_size": 4, "max_concurrent_batches": 1, "online_busy_requests": 0}
 TRAIN = {"dataset": "corpus", "batch_size": 8, "learning_rate": 0.003, "warmup_steps": 4, "log_every": 20,
          "eval_every": 1000, "checkpoint_every": 1000, "workers": 1, "cpus_per_worker": 0.5}  # fmt: skip
-BATCH_REQUESTS = 400  # enough to keep the batch running while latency is measured
+BATCH_REQUESTS = 200  # enough to keep the batch running while latency is measured
 CORPUS = {"generate_sample": False, "tokenizer": {"vocab_size": 800, "train_documents": 2000}, "seq_len": 64}
 
 
@@ -173,8 +173,8 @@ def test_serving_keeps_answering_while_train_and_batch_run(laned: LanedCluster):
     )
     wait_for(lambda: client.batches.retrieve(batch.id).request_counts.completed > 0, 300, "batch answers")
 
-    # Priorities are OS scheduling: serving replicas stay at Ray's niceness 15; train and batch go
-    # below, and run in the background (SCHED_IDLE) class.
+    # Priorities are OS scheduling: serving replicas run at niceness 0 (level with Ray's own
+    # processes); train and batch go below, and run in the background (SCHED_IDLE) class.
     trainers = session_processes(project, "RayTrainWorker")
     assert {p.nice() for p in trainers} == {17}
     assert {os.sched_getscheduler(p.pid) for p in trainers} == {os.SCHED_IDLE}
@@ -183,7 +183,7 @@ def test_serving_keeps_answering_while_train_and_batch_run(laned: LanedCluster):
     assert drivers and {p.nice() for p in drivers} == {19}
     assert {os.sched_getscheduler(p.pid) for p in drivers} == {os.SCHED_IDLE}
     replicas = session_processes(project, "ServeReplica")
-    assert {p.nice() for p in replicas} == {15}
+    assert {p.nice() for p in replicas} == {0}
     assert {os.sched_getscheduler(p.pid) for p in replicas} == {os.SCHED_OTHER}
 
     latencies(client, 3)  # the batch requests already in the engine finish; new ones now wait
@@ -192,6 +192,7 @@ def test_serving_keeps_answering_while_train_and_batch_run(laned: LanedCluster):
     # to 0.6 s here (Ray's own processes, at niceness 0, work for the training run's tasks), so it
     # is printed, not held to 2x (issue 7 stays open on it).
     print(f"online p99 idle {idle * 1000:.0f} ms, under train + batch {p99(loaded) * 1000:.0f} ms")
+    print("slowest under load (s):", sorted(loaded)[-5:], "at", time.strftime("%H:%M:%S"))
     assert statistics.median(loaded) <= 2 * idle_median, (statistics.median(loaded), idle_median)
     assert job_status(project, train) == "RUNNING"  # the load was really there throughout
 
@@ -206,7 +207,7 @@ def test_serving_keeps_answering_while_train_and_batch_run(laned: LanedCluster):
 
 def test_a_run_over_its_lane_quota_waits_until_the_lane_frees(laned: LanedCluster):
     project = laned.project
-    first = submit(project, write_job(project, "train", output_model="first", steps=400, **TRAIN))
+    first = submit(project, write_job(project, "train", output_model="first", steps=200, **TRAIN))
     wait_for(lambda: "train step=" in project.cli("jobs", "logs", first).stdout, 600, "the first run's steps")
     second = submit(project, write_job(project, "train", output_model="second", steps=20, **TRAIN))
 
@@ -264,6 +265,7 @@ def test_prometheus_holds_every_metric_the_grafana_dashboard_queries(laned: Lane
         "ray_raylane_requests_total",
         "ray_raylane_train_loss",
         "ray_raylane_batch_requests_total",
+        "ray_raylane_lane_used",
     } <= metrics
 
     def scraped() -> set[str]:
@@ -278,3 +280,9 @@ def test_prometheus_holds_every_metric_the_grafana_dashboard_queries(laned: Lane
         time.sleep(3)
     served = prometheus_api(laned, "query", query="sum(ray_raylane_requests_total)")
     assert float(served[0]["value"][1]) >= 1
+    # Lane quotas are custom resources, which Ray's metrics leave out: the replica reports them.
+    quotas = prometheus_api(laned, "query", query="max by (lane, kind) (ray_raylane_lane_quota)")
+    assert {(q["metric"]["lane"], q["metric"]["kind"], float(q["value"][1])) for q in quotas} == {
+        ("train", "cpu", 0.75),
+        ("serve", "cpu", 1.0),
+    }

@@ -46,13 +46,13 @@ def test_quotas_become_head_resources_and_every_workload_asks_for_its_lane():
 def test_priorities_map_to_niceness_with_serving_on_top():
     config = RaylaneConfig.model_validate(QUOTAS)
     nice = {lane: lanes.niceness(config, lane) for lane in lanes.LANES}
-    assert nice == {"serve": 15, "train": 17, "etl": 18, "batch": 19}
+    assert nice == {"serve": 0, "train": 17, "etl": 18, "batch": 19}
     flat = RaylaneConfig.model_validate({"lanes": {lane: {"priority": 1} for lane in lanes.LANES}})
-    assert {lanes.niceness(flat, lane) for lane in lanes.LANES} == {15}
+    assert {lanes.niceness(flat, lane) for lane in lanes.LANES} == {0}
     env = lanes.job_runtime_env(config, "train")
     assert env["env_vars"] == {lanes.NICE_ENV: "17", lanes.BACKGROUND_ENV: "1"}  # below the top: background
     assert env["worker_process_setup_hook"].endswith("lower_priority")
-    assert lanes.job_runtime_env(config, "serve")["env_vars"] == {lanes.NICE_ENV: "15"}
+    assert lanes.job_runtime_env(config, "serve")["env_vars"] == {lanes.NICE_ENV: "0"}
     foreground = RaylaneConfig.model_validate({"lanes": {"train": {"background": False}}})
     assert not lanes.background(foreground, "train") and lanes.background(foreground, "batch")
     assert (lanes.lane_of_job("docs"), lanes.lane_of_job("train"), lanes.lane_of_job("smoke")) == (

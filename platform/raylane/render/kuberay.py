@@ -182,7 +182,8 @@ def _pod(config: RaylaneConfig, group: NodeGroupConfig, *, head: bool) -> dict[s
             {
                 "name": "RAYLANE_CONFIG_JSON",
                 "valueFrom": {"configMapKeyRef": {"name": config_map_name(config), "key": CONFIG_KEY}},
-            }
+            },
+            *({"name": name, "value": value} for name, value in lanes.node_environment().items()),
         ],
         # S3 credentials and the database URL: from the cluster's Secret, never from a manifest.
         "envFrom": [{"secretRef": {"name": cluster.secret_name, "optional": True}}],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from raylane import lanes
 from raylane.config import NodeGroupConfig, RaylaneConfig
 from raylane.render.common import (
     DASHBOARD_PORT,
@@ -42,6 +43,7 @@ def render_launcher(config: RaylaneConfig) -> dict[str, str]:
 
 def _ray_env(config: RaylaneConfig) -> str:
     env = f'RAY_AUTH_MODE={config.ray.auth_mode} RAYLANE_CONFIG_JSON="$(cat {CONFIG_FILE})"'
+    env += "".join(f" {name}={value}" for name, value in lanes.node_environment().items())
     if config.ray.auth_mode == "token":
         env += f" RAY_AUTH_TOKEN_PATH={TOKEN_FILE}"
     return env

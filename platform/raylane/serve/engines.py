@@ -22,7 +22,7 @@ from typing import Any
 
 from ray.serve.llm import LLMConfig, LLMServer
 
-from raylane import lanes
+from raylane import lane_metrics, lanes
 from raylane.batch.serving import BatchPolicy, answer
 from raylane.config import ModelConfig, RaylaneConfig, load_serving_config
 from raylane.serve.gateway import Gateway
@@ -59,6 +59,7 @@ class ModelServer(LLMServer):
         self, llm_config: LLMConfig, *, raylane_config: dict[str, Any], source: str, gateway: bool
     ):
         bind_replica_grpc_to_node_ip()
+        lane_metrics.start_reporting()
         config = load_serving_config(raylane_config)
         local_path = await asyncio.to_thread(resolve_model_source, config, source)
         llm_config = llm_config.model_copy(deep=True)
