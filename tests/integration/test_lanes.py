@@ -155,7 +155,7 @@ def p99(samples: list[float]) -> float:
 def test_serving_keeps_answering_while_train_and_batch_run(laned: LanedCluster):
     project, client = laned.project, laned.client()
     latencies(client, 5)  # warm-up
-    idle_samples = latencies(client, 60)
+    idle_samples = latencies(client, 200)  # enough that p99 is not just the single slowest
     idle, idle_median = p99(idle_samples), statistics.median(idle_samples)
 
     train = submit(project, write_job(project, "train", output_model="busy", steps=3000, **TRAIN))
@@ -187,10 +187,10 @@ def test_serving_keeps_answering_while_train_and_batch_run(laned: LanedCluster):
     assert {os.sched_getscheduler(p.pid) for p in replicas} == {os.SCHED_OTHER}
 
     latencies(client, 3)  # the batch requests already in the engine finish; new ones now wait
-    loaded = latencies(client, 60)  # every one answered: latencies() asserts it
-    # The typical request keeps its idle speed. The tail does not yet: p99 went from about 0.1 s idle
-    # to 0.6 s here (Ray's own processes, at niceness 0, work for the training run's tasks), so it
-    # is printed, not held to 2x (issue 7 stays open on it).
+    loaded = latencies(client, 200)  # every one answered: latencies() asserts it
+    # The typical request keeps its idle speed. The tail does not: on a 2-vCPU VM, p99 under train +
+    # batch measured 1.8x to 40x idle from run to run, with stalls the CPU share does not explain
+    # (see issue 7), so it is printed, not held to 2x.
     print(f"online p99 idle {idle * 1000:.0f} ms, under train + batch {p99(loaded) * 1000:.0f} ms")
     print("slowest under load (s):", sorted(loaded)[-5:], "at", time.strftime("%H:%M:%S"))
     assert statistics.median(loaded) <= 2 * idle_median, (statistics.median(loaded), idle_median)
