@@ -207,7 +207,7 @@ def test_serving_keeps_answering_while_train_and_batch_run(laned: LanedCluster):
 
 def test_a_run_over_its_lane_quota_waits_until_the_lane_frees(laned: LanedCluster):
     project = laned.project
-    first = submit(project, write_job(project, "train", output_model="first", steps=200, **TRAIN))
+    first = submit(project, write_job(project, "train", output_model="first", steps=400, **TRAIN))
     wait_for(lambda: "train step=" in project.cli("jobs", "logs", first).stdout, 600, "the first run's steps")
     second = submit(project, write_job(project, "train", output_model="second", steps=20, **TRAIN))
 
