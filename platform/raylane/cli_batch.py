@@ -22,8 +22,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from raylane.batch.schema import ENDPOINTS
-from raylane.batch.store import TERMINAL_STATUSES
+from raylane.batch.schema import ENDPOINTS, TERMINAL_STATUSES
 from raylane.cli_common import ConfigOption, JsonOption, err, fmt_time, load, out
 from raylane.errors import (
     AuthenticationError,

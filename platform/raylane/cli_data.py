@@ -14,7 +14,6 @@ from rich.table import Table
 
 from raylane.cli_common import ConfigOption, JsonOption, fmt_time, load, out
 from raylane.data import DATASETS_PREFIX
-from raylane.storage import Storage
 
 datasets_app = typer.Typer(help="Datasets published by the ETL lane.", no_args_is_help=True)
 docs_app = typer.Typer(help="Search document indexes built by jobs/docs.yaml.", no_args_is_help=True)
@@ -23,6 +22,8 @@ docs_app = typer.Typer(help="Search document indexes built by jobs/docs.yaml.", 
 @datasets_app.command("list")
 def datasets_list(config_path: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Every published dataset version: kind, counts, when."""
+    from raylane.storage import Storage  # (pyarrow: loaded by the commands that read storage)
+
     store = Storage.from_config(load(config_path))
     names = sorted(
         {p.split("/")[1] for p in store.list(DATASETS_PREFIX, recursive=True) if p.count("/") >= 2}
@@ -64,6 +65,7 @@ def docs_search(
 ) -> None:
     """The chunks nearest to QUERY, best first, with their source, page and score."""
     from raylane.data.search import search
+    from raylane.storage import Storage
 
     hits = search(Storage.from_config(load(config_path)), dataset, query, k=k)
     if as_json:

@@ -12,21 +12,25 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from raylane.cli_common import ConfigOption, JsonOption, fmt_time, load, out
 from raylane.config import RaylaneConfig
-from raylane.db import MetadataStore
 from raylane.errors import InvalidRequestError
+
+if TYPE_CHECKING:  # imported where used: every CLI command would load SQLAlchemy otherwise
+    from raylane.db import MetadataStore
 
 keys_app = typer.Typer(help="Create, list and revoke API keys (stored hashed).", no_args_is_help=True)
 models_app = typer.Typer(help="Make, register and list models.", no_args_is_help=True)
 
 
 def _store(config_path: Path | None) -> MetadataStore:
+    from raylane.db import MetadataStore
+
     return MetadataStore.from_config(load(config_path))
 
 
@@ -187,6 +191,7 @@ def models_register(
     config_path: ConfigOption = None,
 ) -> None:
     """Copy a model directory into storage and register it as the next NAME@VERSION."""
+    from raylane.db import MetadataStore
     from raylane.models.registry import register
     from raylane.storage import Storage
 

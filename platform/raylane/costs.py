@@ -44,7 +44,7 @@ def job_resources(
             params.get("embed_gpus", 0)
         )
     if job == "batch":
-        if config.batch.engine == "serving":
+        if params.get("engine", config.batch.engine) == "serving":
             return 0.0, 0.0  # the requests run on serving replicas (the serve lane's resources)
         replicas = config.batch.concurrency
         return replicas * config.batch.num_cpus, replicas * config.batch.num_gpus

@@ -7,7 +7,7 @@ is the same main). The job:
    ``custom_id`` already answered is skipped (a restarted job resumes, nothing runs twice);
 2. runs the rest on the batch engine, writing one part per finished engine call and updating
    ``request_counts``; a cancel or the end of the completion window stops it between parts.
-   The engine is ``batch.engine``:
+   The engine is the batch's own choice (metadata ``raylane_engine``), else ``batch.engine``:
 
    * ``serving`` (default): the model's warm serving replicas, at a lower vLLM priority than
      online requests (:mod:`raylane.batch.serving`); nothing to start;
@@ -36,9 +36,9 @@ from pydantic import BaseModel
 from raylane import lanes
 from raylane.batch.requests import Collector, is_success, plan
 from raylane.batch.results import finalize, read_parts, write_part
-from raylane.batch.schema import BatchLine, validate_input
+from raylane.batch.schema import TERMINAL_STATUSES, BatchLine, engine_kind, validate_input
 from raylane.batch.serving import serving_outputs
-from raylane.batch.store import TERMINAL_STATUSES, BatchStore
+from raylane.batch.store import BatchStore
 from raylane.config import ModelConfig, RaylaneConfig
 from raylane.db import BatchRecord, MetadataStore
 from raylane.metrics import batch_metrics
@@ -126,7 +126,8 @@ class _Progress:
 def _run(
     config: RaylaneConfig, record: BatchRecord, todo: list[BatchLine], progress: _Progress
 ) -> str | None:
-    if config.batch.engine == "serving":
+    engine = engine_kind(record.engine, config.batch.engine)
+    if engine == "serving":
         outputs = serving_outputs(config, record, todo)
     else:
         outputs = _dedicated_outputs(config, record, todo)
@@ -145,7 +146,7 @@ def _run(
         ready_s = first_answer_at - progress.started
         generate_s = max(time.perf_counter() - first_answer_at, 1e-6)
         print(
-            f"batch {record.id}: {config.batch.engine} engine; first answers after {ready_s:.1f}s; "
+            f"batch {record.id}: {engine} engine; first answers after {ready_s:.1f}s; "
             f"generation: {tokens / generate_s:.0f} tok/s over {generate_s:.1f}s",
             flush=True,
         )

@@ -23,14 +23,28 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Container
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from raylane.db import BatchRecord, FileRecord
+if TYPE_CHECKING:  # the CLI imports this module for its constants: SQLAlchemy is a second to load
+    from raylane.db import BatchRecord, FileRecord
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+TERMINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
+ENGINES = ("serving", "dedicated")
+ENGINE_METADATA_KEY = "raylane_engine"  # a batch's own choice of engine, over batch.engine
 FILE_PURPOSES = ("batch", "batch_output", "batch_error")
 MAX_REPORTED_ERRORS = 20  # errors.data[] of a failed batch names at most this many lines
+
+
+def engine_kind(engine: dict[str, Any] | None, default: str) -> str:
+    """The engine a batch runs on: the one it chose at create time, else ``batch.engine``.
+
+    Example:
+        >>> engine_kind({"kind": "dedicated"}, "serving"), engine_kind({}, "serving")
+        ('dedicated', 'serving')
+    """
+    return (engine or {}).get("kind") or default
 
 
 @dataclass(frozen=True)
@@ -132,6 +146,7 @@ def file_object(row: FileRecord) -> dict[str, Any]:
     """The OpenAI File object of a record.
 
     Example:
+        >>> from raylane.db import FileRecord
         >>> file_object(FileRecord(id="file-1", filename="a.jsonl", purpose="batch", bytes=3,
         ...                        created_at=1.5))["created_at"]
         1

@@ -31,8 +31,11 @@ from raylane.batch.results import file_path, finalize
 from raylane.batch.schema import (
     COMPLETION_WINDOWS,
     ENDPOINTS,
+    ENGINE_METADATA_KEY,
+    ENGINES,
     FILE_PURPOSES,
     batch_object,
+    engine_kind,
     file_object,
     validate_input,
 )
@@ -125,6 +128,11 @@ class BatchService:
             )
         ):
             raise InvalidRequestError("metadata must map at most 16 keys to strings.", param="metadata")
+        kind = (metadata or {}).get(ENGINE_METADATA_KEY, self.config.batch.engine)
+        if kind not in ENGINES:
+            raise InvalidRequestError(
+                f"metadata.{ENGINE_METADATA_KEY} must be one of {', '.join(ENGINES)}.", param="metadata"
+            )
         if not isinstance(input_file_id, str):
             raise InvalidRequestError("input_file_id is required.", param="input_file_id")
         source = self.records.get_file(input_file_id, key_id=key.id)
@@ -155,7 +163,11 @@ class BatchService:
         if errors:
             record = self.records.add_batch(status="failed", failed_at=now, errors=errors, **fields)
             return batch_object(record)
-        engine = {"model": self.models[model].model_dump(mode="json"), "max_tokens_cap": key.max_tokens}
+        engine = {
+            "kind": kind,
+            "model": self.models[model].model_dump(mode="json"),
+            "max_tokens_cap": key.max_tokens,
+        }
         record = self.records.add_batch(status="validating", engine=engine, **fields)
         self._start_attempt(record)
         return batch_object(self.records.get_batch(record.id))
@@ -242,7 +254,8 @@ class BatchService:
 
     def _submit(self, record: BatchRecord, job_id: str) -> None:
         lane_env = lanes.job_runtime_env(self.config, "batch")  # batch runs at its lane's niceness
-        cpus, gpus = job_resources(self.config, "batch", {}, cluster_cpus=0)
+        engine = engine_kind(record.engine, self.config.batch.engine)
+        cpus, gpus = job_resources(self.config, "batch", {"engine": engine}, cluster_cpus=0)
         self._jobs().submit_job(
             entrypoint=f"python -m raylane.batch.runner --batch-id {record.id}",
             submission_id=job_id,

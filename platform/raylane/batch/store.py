@@ -26,7 +26,6 @@ from raylane.db import BatchRecord, FileRecord, MetadataStore, UsageRecord
 from raylane.errors import NotFoundError
 
 ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
-TERMINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
 
 
 def new_id(prefix: str) -> str:
