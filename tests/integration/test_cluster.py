@@ -29,9 +29,12 @@ def test_dashboard_requires_the_token(ray_project: RayProject):
 
 def test_serve_proxy_listens_on_the_configured_port(ray_project: RayProject):
     port = ray_project.config["ray"]["ports"]["serve_http"]
-    status, body = http_get(f"http://127.0.0.1:{port}/")
-    # No application is deployed yet: Serve's own proxy answers with its not-found message.
-    assert status == 404 and b"/-/routes" in body
+    status, body = http_get(f"http://127.0.0.1:{port}/-/routes")
+    # Serve's own proxy answers: its route table once an app was deployed (the served/ tests run
+    # first), else its not-yet message.
+    assert (status, body) == (503, b"Route table is not populated yet.") or (
+        status == 200 and isinstance(json.loads(body), dict)
+    ), (status, body)
 
 
 def test_status_and_idempotent_up(ray_project: RayProject):
@@ -41,7 +44,7 @@ def test_status_and_idempotent_up(ray_project: RayProject):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["nodes"] == 1
-    assert report["resources"]["CPU"]["total"] == 2
+    assert report["resources"]["CPU"]["total"] == ray_project.config["ray"]["num_cpus"]
     assert report["storage_root"] == (ray_project.path / ".raylane").as_uri()
     assert report["head_memory_mib"] > 100
     table = ray_project.cli("status")
@@ -56,8 +59,9 @@ def test_up_submit_down_twice_in_a_row(tmp_path_factory: pytest.TempPathFactory,
             up = project.cli("up", "--num-cpus", "1", timeout=300)
             assert up.returncode == 0, up.stderr
             assert "started" in up.stdout
-            submitted = project.cli("submit", str(_smoke(project)), "--wait")
-            assert submitted.returncode == 0, submitted.stderr[-2000:]
+            if cycle == 2:  # the restarted head, in the same project and state dir, runs jobs
+                submitted = project.cli("submit", str(_smoke(project)), "--wait")
+                assert submitted.returncode == 0, submitted.stderr[-2000:]
             record = json.loads((project.path / ".raylane" / "state" / "head.json").read_text())
             down = project.cli("down")
             assert down.returncode == 0 and f"pid {record['pid']}" in down.stdout

@@ -5,7 +5,8 @@ with `ray start --address` (its own raylet, temp dir, ports, resources and a nod
 the train and serve lanes. Storage is the S3 server and the metadata DB a real PostgreSQL server,
 as on a real cluster. The ETL job's tasks run on the head and publish a corpus to S3; the training
 run's workers and the served model's replica land on the second node, which reads the corpus and
-the registered model back from S3.
+the registered model back from S3. The one model deployed there is the Gateway's fast path: its
+replica is the HTTP ingress, with no router in front.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import openai
+import psutil
 import pytest
 import yaml
 
@@ -40,7 +43,9 @@ from tests.conftest import (
     RayProject,
     S3Server,
     free_ports,
+    head_sockets,
     http_get,
+    listening_sockets,
     make_project,
     run_cli,
     stop_project,
@@ -63,6 +68,7 @@ class TwoNodes:
     store: Storage
     head_node: str
     worker_node: str
+    worker_session: int  # the second node's processes' session id
 
     def state(self, resource: str, **filters: str) -> list[dict]:
         """Rows of Ray's state API (``/api/v0/<resource>``), dead actors and finished tasks included."""
@@ -177,7 +183,7 @@ def two_nodes(
         head = next(n["node_id"] for n in nodes if n["is_head_node"])
         worker = next(n["node_id"] for n in nodes if not n["is_head_node"])
         store = Storage.from_uri(root, S3Config(**s3_server.config()))
-        yield TwoNodes(project, store, head, worker)
+        yield TwoNodes(project, store, head, worker, node.pid)
     finally:
         project.cli("serve", "delete")
         stop_worker_node(node)
@@ -224,9 +230,26 @@ def test_etl_on_the_head_feeds_training_on_the_other_node_through_s3(two_nodes: 
     assert workers and {a["node_id"] for a in workers} == {two_nodes.worker_node}
 
 
-def test_the_serve_replica_lands_on_the_serve_lanes_node_and_answers(two_nodes: TwoNodes, tmp_path: Path):
+@dataclass
+class FastPath:
+    """One model deployed on the two-node cluster: its replica is the HTTP ingress (no router)."""
+
+    project: RayProject
+    base_url: str
+    key: str
+
+    def client(self, key: str | None = None) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base_url, api_key=key or self.key, max_retries=0, timeout=120)
+
+    def usage_row(self) -> dict | None:
+        rows = json.loads(self.project.cli("usage", "--by", "key", "--json").stdout)
+        return next((row for row in rows if row["key"] == "multinode"), None)
+
+
+@pytest.fixture(scope="module")
+def fast_path(two_nodes: TwoNodes, tmp_path_factory: pytest.TempPathFactory) -> FastPath:
     project = two_nodes.project
-    tiny = tmp_path / "tiny"
+    tiny = tmp_path_factory.mktemp("mn") / "tiny"
     made = project.cli("models", "make-tiny", str(tiny))
     assert made.returncode == 0, made.stderr
     registered = project.cli("models", "register", "mn-tiny", str(tiny))  # copied to S3, listed in Postgres
@@ -237,28 +260,76 @@ def test_the_serve_replica_lands_on_the_serve_lanes_node_and_answers(two_nodes: 
     serving.write_text(yaml.safe_dump({"models": [model]}))
     deployed = project.cli("serve", "deploy", str(serving), timeout=900)
     assert deployed.returncode == 0, deployed.stderr[-3000:]
-    base_url = deployed.stdout.strip().splitlines()[-1]
+    key = project.cli("keys", "create", "multinode").stdout.strip()
+    return FastPath(project, deployed.stdout.strip().splitlines()[-1], key)
 
+
+def test_the_serve_replica_lands_on_the_serve_lanes_node_and_is_the_ingress(
+    two_nodes: TwoNodes, fast_path: FastPath
+):
+    project = two_nodes.project
+    report = json.loads(project.cli("serve", "status", "--json").stdout)
+    assert [d["name"] for d in report["deployments"]] == ["raylane:tiny"]  # no router in front
     status, body = http_get(f"{project.dashboard}/api/serve/applications/", project.token)
     assert status == 200
     deployments = json.loads(body)["applications"]["raylane"]["deployments"]
     replicas = [r for d in deployments.values() for r in d["replicas"]]
     assert replicas and {r["node_id"] for r in replicas} == {two_nodes.worker_node}
 
-    key = project.cli("keys", "create", "multinode").stdout.strip()
-    client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=120)
+
+def test_the_fast_path_answers_and_counts_streams_in_the_shared_ledger(fast_path: FastPath, request):
+    client = fast_path.client()
+    request.addfinalizer(client.close)
+    assert [m.id for m in client.models.list()] == ["tiny"]
     reply = client.chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=8
     )
     assert reply.usage.completion_tokens > 0
-    # The replica on the second node wrote its usage to the shared PostgreSQL ledger.
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=5, stream=True
+        )
+    )
+    assert chunks and all(c.usage is None for c in chunks)
+    # The replica on the second node writes usage to the shared PostgreSQL ledger, streams included.
     deadline = time.monotonic() + 30
-    while True:
-        usage = json.loads(project.cli("usage", "--by", "key", "--json").stdout)
-        if any(row["key"] == "multinode" and row["requests"] >= 1 for row in usage):
-            break
-        assert time.monotonic() < deadline, usage
+    while not ((row := fast_path.usage_row()) and row["requests"] >= 2 and row["completion_tokens"] >= 5):
+        assert time.monotonic() < deadline, row
         time.sleep(1)
+
+
+def test_gateway_errors_on_the_fast_path(fast_path: FastPath):
+    base_url, key = fast_path.base_url, fast_path.key
+    with fast_path.client("nope") as wrong, pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
+    with fast_path.client() as client, pytest.raises(openai.NotFoundError):
+        client.completions.create(model="other", prompt="x", max_tokens=1)
+    bad = httpx.post(
+        base_url + "/completions",
+        json={"model": "tiny", "prompt": "x", "max_tokens": -5},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["message"]
+    # vLLM's own non-OpenAI routes are behind the key too.
+    assert httpx.post(base_url.removesuffix("/v1") + "/tokenize", json={"prompt": "x"}).status_code == 401
+    assert httpx.get(base_url.removesuffix("/v1") + "/health").status_code == 200
+
+
+def test_the_head_and_the_engine_listen_only_on_loopback(two_nodes: TwoNodes, fast_path: FastPath):
+    # The replica actor itself is left out: on a node other than the head, Ray binds its actors'
+    # ports to the node's address so the head's proxy reaches them. Its vLLM engine processes
+    # (engine core, worker) talk to the replica only, on loopback.
+    replicas = [
+        proc
+        for proc in psutil.process_iter(["cmdline"])
+        if "ServeReplica" in " ".join(proc.info["cmdline"] or [])
+        and os.getsid(proc.pid) == two_nodes.worker_session
+    ]
+    engine = [child for replica in replicas for child in replica.children(recursive=True)]
+    assert replicas and engine
+    sockets = head_sockets(two_nodes.project) + listening_sockets(engine)
+    assert [s for s in sockets if s[0] not in {"127.0.0.1", "::ffff:127.0.0.1", "::1"}] == []
 
 
 def test_the_cli_drives_the_cluster_from_elsewhere_through_ray_address(two_nodes: TwoNodes, tmp_path: Path):

@@ -17,15 +17,14 @@ import pytest
 import yaml
 
 from raylane.config import S3Config
-from raylane.data.samples import synthetic_corpus, write_jsonl_shards
 from raylane.jobrun import parse_result
 from raylane.models.registry import resolve_local_path
 from raylane.storage import Storage
-from tests.conftest import RayProject, S3Server
+from raylane.submit import status_text
+from tests.conftest import RayProject, S3Server, publish_corpus
 
 pytestmark = pytest.mark.integration
 
-CORPUS = {"generate_sample": False, "tokenizer": {"vocab_size": 800, "train_documents": 2000}, "seq_len": 64}
 TRAIN = {"dataset": "corpus", "steps": 20, "batch_size": 8, "learning_rate": 0.003, "warmup_steps": 4,
          "log_every": 5, "eval_every": 10, "checkpoint_every": 5, "keep_checkpoints": 2, "workers": 2,
          "cpus_per_worker": 0.5}  # fmt: skip
@@ -35,14 +34,6 @@ def write_job(project: RayProject, name: str, job: str, **params) -> Path:
     path = project.path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"job": job, "params": params}))
     return path
-
-
-def publish_corpus(project: RayProject, store: Storage, env: dict[str, str] | None = None) -> None:
-    texts, _ = synthetic_corpus(900, seed=5)
-    write_jsonl_shards(store, "raw", texts, per_shard=300)
-    job = write_job(project, f"etl-{uuid.uuid4().hex[:6]}", "etl", input="raw", **CORPUS)
-    result = project.cli("submit", str(job), "--wait", env=env, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -88,16 +79,28 @@ def test_exported_model_is_registered_and_generates_in_vllm(ray_project: RayProj
         "out = llm.generate(['Return the'], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))\n"
         "print('GENERATED', len(out[0].outputs[0].token_ids))\n"
     )
+    # One process (no engine-core and worker processes to start): a minute less on 2 cores.
+    vllm_env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    }
     proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
-        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
-    )  # fmt: skip
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=vllm_env
+    )
     assert "GENERATED 8" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
 
 
 def test_resume_continues_a_finished_run_for_more_steps(ray_project: RayProject, s3_training):
     outcome, _, env = s3_training
-    job = write_job(ray_project, "train-resume", "train", output_model="it-llm", **{**TRAIN, "steps": 25})
+    job = write_job(
+        ray_project,
+        "train-resume",
+        "train",
+        output_model="it-llm",
+        **{**TRAIN, "steps": 25},
+    )
     result = ray_project.cli("submit", str(job), "--resume", outcome["run"], "--wait", env=env, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     resumed = parse_result(result.stdout)
@@ -117,12 +120,12 @@ def train_workers(project: RayProject) -> list[psutil.Process]:
     return found
 
 
-def test_killing_a_worker_resumes_from_the_last_checkpoint(ray_project: RayProject):
+def test_killing_a_worker_resumes_from_the_last_checkpoint(ray_project: RayProject, corpus: str):
     store = Storage.from_uri((ray_project.path / ".raylane").as_uri())
-    publish_corpus(ray_project, store)
     # Long enough (~10 steps/s here) that the kill lands mid-run, after the first checkpoint.
     params = {
         **TRAIN,
+        "dataset": corpus,
         "steps": 300,
         "checkpoint_every": 50,
         "log_every": 50,
@@ -145,9 +148,9 @@ def test_killing_a_worker_resumes_from_the_last_checkpoint(ray_project: RayProje
     victims = train_workers(ray_project)
     assert len(victims) == 2, victims
     victims[1].send_signal(signal.SIGKILL)
+    jobs = ray_project.jobs()
     while True:
-        listed = json.loads(ray_project.cli("jobs", "list", "--json").stdout)
-        state = next(j["status"] for j in listed if j["id"] == job_id)
+        state = status_text(jobs.get_job_status(job_id))
         if state in ("SUCCEEDED", "FAILED", "STOPPED"):
             break
         assert time.monotonic() < deadline, "the run did not finish after the worker was killed"
@@ -159,8 +162,8 @@ def test_killing_a_worker_resumes_from_the_last_checkpoint(ray_project: RayProje
     assert outcome["resumed_from"] in range(50, 300, 50), (outcome, logs[-4000:])
 
 
-def test_bad_configs_fail_before_any_worker_starts(ray_project: RayProject):
-    unknown = write_job(ray_project, "train-preset", "train", dataset="corpus", preset="huge")
+def test_bad_configs_fail_before_any_worker_starts(ray_project: RayProject, corpus: str):
+    unknown = write_job(ray_project, "train-preset", "train", dataset=corpus, preset="huge")
     refused = ray_project.cli("submit", str(unknown))
     assert refused.returncode == 2 and "unknown preset 'huge'" in refused.stderr
 
@@ -173,7 +176,8 @@ def test_bad_configs_fail_before_any_worker_starts(ray_project: RayProject):
     assert "dataset 'no-such-corpus' not found" in failed.stdout + failed.stderr
     assert "worker group" not in failed.stdout and time.monotonic() - started < 120
 
-    greedy = write_job(ray_project, "train-greedy", "train", dataset="corpus", workers=2, cpus_per_worker=1,
+    # Three 1-CPU workers on the session head's three CPUs leave none for reading the data.
+    greedy = write_job(ray_project, "train-greedy", "train", dataset=corpus, workers=3, cpus_per_worker=1,
                        steps=5, warmup_steps=1)  # fmt: skip
     hung = ray_project.cli("submit", str(greedy), "--wait", timeout=300)
     assert hung.returncode == 1 and "leave Ray Data's read tasks none" in hung.stdout + hung.stderr

@@ -1,10 +1,12 @@
-"""The batch lane end to end: the `openai` SDK's files and batches resources against the Gateway,
-each batch a real Ray job running its requests through vLLM on CPU.
+"""The batch lane end to end: the `openai` SDK's files and batches resources against the Gateway
+of the package's deployment (served/conftest.py), each batch a real Ray job running its requests
+through vLLM on CPU.
 
-One deploy of the tiny model per module. Batches run on its warm serving replica (the default
-`batch.engine: serving`): a mixed batch, a killed-and-resumed batch and a cancelled batch. The
-last test redeploys with `batch.engine: dedicated` and runs a batch on a ray.data.llm engine of
-its own (about two minutes of engine start-up on 2 cores).
+Batches run on the warm serving replica (the default `batch.engine: serving`): a mixed batch, a
+killed-and-resumed batch and a cancelled batch. The last test's batch asks for a dedicated engine
+(metadata `raylane_engine`) and runs on a ray.data.llm engine of its own (about two minutes of
+engine start-up on 2 cores). The session head's `batch:` settings keep engine calls small and one
+at a time, so a batch runs long enough to kill or cancel.
 """
 
 from __future__ import annotations
@@ -14,29 +16,17 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import openai
 import pytest
-import yaml
-from ray.job_submission import JobSubmissionClient
 
 from raylane.db import BatchRecord, MetadataStore
-from raylane.models.tiny import make_tiny_model
 from raylane.submit import status_text
 from tests.conftest import RayProject
+from tests.integration.served.conftest import Deployment
 
 CHAT = "/v1/chat/completions"
-# Small engine calls, one at a time, keep a batch running long enough to kill or cancel.
-BATCH_SETTINGS = {"batch_size": 4, "max_concurrent_batches": 1}
-DEDICATED_SETTINGS = {
-    **BATCH_SETTINGS,
-    "engine": "dedicated",
-    "num_cpus": 0.5,
-    "engine_kwargs": {"max_num_seqs": 4},
-}
 
 
 @dataclass
@@ -44,7 +34,6 @@ class BatchLane:
     project: RayProject
     base_url: str
     keys: dict[str, str]
-    serving_file: Path
 
     def client(self, key: str = "owner") -> openai.OpenAI:
         return openai.OpenAI(base_url=self.base_url, api_key=self.keys[key], max_retries=0, timeout=120)
@@ -56,34 +45,10 @@ class BatchLane:
 
 
 @pytest.fixture(scope="module")
-def lane(ray_project: RayProject, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BatchLane]:
-    config_file = ray_project.path / "raylane.yaml"
-    original = config_file.read_text()
-    config_file.write_text(yaml.safe_dump({**yaml.safe_load(original), "batch": BATCH_SETTINGS}))
-    tiny = make_tiny_model(tmp_path_factory.mktemp("tiny-batch"))
-    serving = ray_project.path / "serve-batch.yaml"
-    serving.write_text(
-        yaml.safe_dump(
-            {
-                "models": [
-                    {
-                        "name": "tiny",
-                        "source": str(tiny),
-                        "num_cpus": 0.5,
-                        "engine_kwargs": {"dtype": "float32", "max_model_len": 512},
-                    }
-                ]
-            }
-        )
-    )
-    deployed = ray_project.cli("serve", "deploy", str(serving), timeout=900)
-    assert deployed.returncode == 0, deployed.stderr
-    keys = {
-        name: ray_project.cli("keys", "create", f"batch-{name}").stdout.strip() for name in ("owner", "other")
-    }
-    yield BatchLane(ray_project, deployed.stdout.strip().splitlines()[-1], keys, serving)
-    ray_project.cli("serve", "delete")
-    config_file.write_text(original)
+def lane(deployment: Deployment) -> BatchLane:
+    """The package's deployment, with two keys of this module's own (an owner, and another key)."""
+    keys = {name: deployment.key(f"batch-{name}") for name in ("owner", "other")}
+    return BatchLane(deployment.project, deployment.base_url, keys)
 
 
 def chat_line(custom_id: str, content: str, max_tokens: int = 8, **body: object) -> dict:
@@ -241,9 +206,7 @@ def test_killed_batch_job_resumes_without_losing_or_repeating_requests(lane: Bat
     batch = client.batches.create(input_file_id=upload(client, lines), endpoint=CHAT, completion_window="24h")
     first_job = lane.record(batch.id).job_id
     wait_until(client, batch.id, lambda b: b.request_counts.completed >= 16, poll=0.3)
-    jobs = JobSubmissionClient(
-        lane.project.dashboard, headers={"Authorization": f"Bearer {lane.project.token}"}
-    )
+    jobs = lane.project.jobs()
     os.kill(int(jobs.get_job_info(first_job).driver_info.pid), signal.SIGKILL)
 
     done = wait_until(client, batch.id, lambda b: b.status == "completed")
@@ -274,26 +237,33 @@ def test_cancel_stops_the_job_and_keeps_what_finished(lane: BatchLane):
     outputs = read_jsonl(client, done.output_file_id)
     assert len(outputs) == done.request_counts.completed
     assert len({o["custom_id"] for o in outputs}) == len(outputs)
-    jobs = JobSubmissionClient(
-        lane.project.dashboard, headers={"Authorization": f"Bearer {lane.project.token}"}
-    )
+    jobs = lane.project.jobs()
     # Stopped by the cancel, or ended by the runner itself when it saw the cancel between parts.
     assert status_text(jobs.get_job_status(lane.record(batch.id).job_id)) in {"STOPPED", "SUCCEEDED"}
 
 
+def test_unknown_engine_choice_is_refused(lane: BatchLane):
+    client = lane.client()
+    with pytest.raises(openai.BadRequestError, match="raylane_engine"):
+        client.batches.create(
+            input_file_id=upload(client, [chat_line("a", "x")]),
+            endpoint=CHAT,
+            completion_window="24h",
+            metadata={"raylane_engine": "gpu-please"},
+        )
+
+
 def test_dedicated_engine_runs_a_batch_beside_serving(lane: BatchLane):
-    """`batch.engine: dedicated`: the job starts a ray.data.llm engine on the batch lane's resources."""
-    config_file = lane.project.path / "raylane.yaml"
-    config_file.write_text(
-        yaml.safe_dump({**yaml.safe_load(config_file.read_text()), "batch": DEDICATED_SETTINGS})
-    )
-    redeployed = lane.project.cli("serve", "deploy", str(lane.serving_file), timeout=900)
-    assert redeployed.returncode == 0, redeployed.stderr
+    """metadata `raylane_engine: dedicated`: the job starts a ray.data.llm engine on the batch lane's
+    resources, while the deployment's default stays `serving`."""
     client = lane.client()
     good = [chat_line(f"d{i}", f"Name a colour {i}", max_tokens=5, ignore_eos=True) for i in range(6)]
     bad = [chat_line("too-long", "word " * 600), chat_line("streamed", "hi", stream=True)]
     batch = client.batches.create(
-        input_file_id=upload(client, bad + good), endpoint=CHAT, completion_window="24h"
+        input_file_id=upload(client, bad + good),
+        endpoint=CHAT,
+        completion_window="24h",
+        metadata={"raylane_engine": "dedicated"},
     )
     done = wait_until(client, batch.id, lambda b: b.status == "completed")
     assert (done.request_counts.completed, done.request_counts.failed) == (6, 2)

