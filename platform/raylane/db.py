@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +34,7 @@ from sqlalchemy import (
     UniqueConstraint,
     case,
     create_engine,
+    event,
     func,
     select,
 )
@@ -199,6 +201,8 @@ class MetadataStore:
         self.url = url
         try:
             self.engine: Engine = create_engine(url, **_engine_options(url))
+            if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+                event.listen(self.engine, "connect", _write_ahead_log)
             from raylane.migrations import upgrade
 
             upgrade(self.engine)  # the schema comes from the migrations, never from create_all
@@ -366,6 +370,25 @@ class MetadataStore:
             return list(
                 session.scalars(select(ModelVersion).order_by(ModelVersion.name, ModelVersion.version))
             )
+
+
+def _write_ahead_log(connection: Any, _record: Any) -> None:
+    """Put a SQLite file in WAL mode (the file keeps it) with NORMAL syncing.
+
+    In SQLite's default rollback-journal mode a writer's commit locks readers out while it syncs
+    the disk, so a Gateway looking up a key waits behind the usage ledger's and the batch jobs'
+    writes. With a write-ahead log readers never wait for writers, and NORMAL syncs at checkpoints
+    instead of every commit (a commit survives a crash of the process; power loss can take the
+    last ones). A file another process holds in the old mode stays in it until the next open.
+    """
+    cursor = connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.OperationalError:
+        pass  # busy: the rollback journal still works, only readers may wait
+    finally:
+        cursor.close()
 
 
 def _engine_options(url: str) -> dict[str, Any]:

@@ -1,14 +1,19 @@
-"""The serving lane's pure parts: limits, the SSE usage tap, token caps, deploy flags, engine options."""
+"""The serving lane's parts without Ray: limits, the key cache, the SSE usage tap, token caps,
+deploy flags, engine options."""
 
 from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
 
 import pytest
 
 from raylane.config import ModelConfig, RaylaneConfig
-from raylane.db import KeyInfo
-from raylane.errors import InvalidRequestError
+from raylane.db import KeyInfo, MetadataStore
+from raylane.errors import AuthenticationError, InvalidRequestError
 from raylane.serve.deploy import base_url, parse_model_flag, with_models
-from raylane.serve.gateway import _bearer, _route_path, apply_token_cap
+from raylane.serve.gateway import KeyCache, _bearer, _route_path, apply_token_cap
 from raylane.serve.limits import SlidingWindow
 from raylane.serve.options import engine_settings
 from raylane.serve.sse import UsageTap
@@ -35,6 +40,44 @@ def test_tpm_blocks_once_spent_until_enough_tokens_expire():
     window.charge("a", 30, now=3.0)
     assert window.acquire("a", rpm=None, tpm=100, now=4.0) == pytest.approx(57.0)
     assert window.acquire("a", rpm=None, tpm=100, now=61.5) == 0.0
+
+
+def test_key_cache_answers_past_half_its_ttl_without_waiting_and_applies_revocations(tmp_path: Path):
+    """A key's entry past half its TTL answers at once, even while the DB is locked, and is
+    looked up again behind the request; the revocation that lookup reads applies from then on."""
+    db = tmp_path / "meta.db"
+    store = MetadataStore(f"sqlite:///{db}")
+    secret = store.create_key("alice")
+    cache = KeyCache(store, ttl_s=1.0)
+
+    async def scenario() -> None:
+        assert (await cache.authenticate(secret)).name == "alice"
+        store.revoke_key("alice")
+        store.engine.dispose()  # (pooled connections would keep the lock below from being taken)
+        await asyncio.sleep(0.6)
+        locker = sqlite3.connect(db, isolation_level=None)  # a writer holding the file
+        locker.execute("PRAGMA locking_mode=EXCLUSIVE")
+        locker.execute("BEGIN EXCLUSIVE")
+        locker.execute("COMMIT")  # (exclusive locking mode keeps the lock after the commit)
+        try:
+            reader = sqlite3.connect(db, timeout=0)
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                reader.execute("SELECT count(*) FROM api_keys").fetchall()
+            reader.close()
+            # Answered from the entry while the DB is locked: nothing waits for it.
+            assert (await asyncio.wait_for(cache.authenticate(secret), timeout=5)).name == "alice"
+        finally:
+            locker.close()
+        for _ in range(100):  # the lookup behind it now reads the revocation
+            try:
+                await cache.authenticate(secret)
+            except AuthenticationError:
+                return
+            await asyncio.sleep(0.05)
+        pytest.fail("the revocation never applied")
+
+    asyncio.run(scenario())
+    store.close()
 
 
 def test_usage_tap_handles_events_split_across_chunks():

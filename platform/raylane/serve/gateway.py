@@ -53,12 +53,27 @@ NEGATIVE_CACHE_LIMIT = 10_000
 
 
 class KeyCache:
-    """Looks keys up in the DB at most once per ``ttl_s`` (revocations apply within that time)."""
+    """Looks keys up in the DB at most once per ``ttl_s``; a revocation applies within that time.
+
+    An entry past half its life is looked up again in the background while it still answers, so
+    under steady traffic no request waits on the database: its writers (the usage ledger, batch
+    jobs) can hold it for a while when the disk is busy. Only a key's first request, or the first
+    after ``ttl_s`` of quiet, waits for a lookup (one per key at a time, shared by its requests).
+
+    Example:
+        >>> import asyncio
+        >>> store = MetadataStore("sqlite://")
+        >>> cache = KeyCache(store, ttl_s=5)
+        >>> asyncio.run(cache.authenticate(store.create_key("alice"))).name
+        'alice'
+    """
 
     def __init__(self, store: MetadataStore, ttl_s: float) -> None:
         self._store = store
         self._ttl_s = ttl_s
+        # digest -> (when its lookup started, the key or None for no such key)
         self._entries: dict[str, tuple[float, KeyInfo | None]] = {}
+        self._lookups: dict[str, asyncio.Task[KeyInfo | None]] = {}
 
     async def authenticate(self, secret: str | None) -> KeyInfo:
         if not secret:
@@ -66,18 +81,40 @@ class KeyCache:
                 "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key"
             )
         digest = hash_secret(secret)
-        now = time.monotonic()
         cached = self._entries.get(digest)
-        if cached is None or cached[0] < now:
-            info = await asyncio.to_thread(self._lookup, secret)
-            if len(self._entries) > NEGATIVE_CACHE_LIMIT:
-                self._entries.clear()
-            cached = self._entries[digest] = (now + self._ttl_s, info)
-        if cached[1] is None:
+        age = time.monotonic() - cached[0] if cached else None
+        if age is None or age >= self._ttl_s:
+            # Shielded: a client that disconnects must not cancel a lookup other requests share.
+            info = await asyncio.shield(self._lookup(digest, secret))
+        else:
+            if age >= self._ttl_s / 2:
+                # Refreshed before it expires; this request goes on with the entry it has.
+                self._lookup(digest, secret).add_done_callback(_log_failed_refresh)
+            info = cached[1]
+        if info is None:
             raise AuthenticationError("Incorrect API key provided.", code="invalid_api_key")
-        return cached[1]
+        return info
 
-    def _lookup(self, secret: str) -> KeyInfo | None:
+    def _lookup(self, digest: str, secret: str) -> asyncio.Task[KeyInfo | None]:
+        """The running lookup of ``digest``, or a new one that stores its answer when done."""
+        if task := self._lookups.get(digest):
+            return task
+        started = time.monotonic()
+
+        async def look_up() -> KeyInfo | None:
+            try:
+                info = await asyncio.to_thread(self._read, secret)
+                if len(self._entries) > NEGATIVE_CACHE_LIMIT:
+                    self._entries.clear()
+                self._entries[digest] = (started, info)
+                return info
+            finally:
+                del self._lookups[digest]
+
+        task = self._lookups[digest] = asyncio.get_running_loop().create_task(look_up())
+        return task
+
+    def _read(self, secret: str) -> KeyInfo | None:
         try:
             return self._store.authenticate(secret)
         except AuthenticationError:
@@ -365,6 +402,11 @@ class Gateway:
         )
         if exchange.key.tpm is not None and tokens:
             services.shared_limiter().charge.remote(key_name, tokens)
+
+
+def _log_failed_refresh(task: asyncio.Task[KeyInfo | None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.warning("API key refresh failed (the cached entry stands until it expires): %s", exc)
 
 
 def _route_path(scope: Scope) -> str:
