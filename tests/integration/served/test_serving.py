@@ -233,14 +233,19 @@ def test_no_secret_reaches_the_logs(served: Served):
 def test_gateway_metrics_reach_rays_metrics_port(served: Served):
     served.client().completions.create(model="tiny", prompt="x", max_tokens=2)
     port = served.project.config["ray"]["ports"]["metrics_export"]
+
+    def requests_of_main_on_tiny(text: str) -> list[str]:
+        # Ray's exporter puts its `ray_` namespace in front of every metric name. Other tests'
+        # keys have their own series: wait for this one (exports lag by several seconds).
+        series = [line for line in text.splitlines() if line.startswith("ray_raylane_requests_total{")]
+        return [line for line in series if 'model="tiny"' in line and 'key="main"' in line]
+
     deadline = time.monotonic() + 90
     text = ""
-    while time.monotonic() < deadline:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        if "raylane_completion_tokens_total" in text and "raylane_time_to_first_token_seconds" in text:
-            break
+    while not requests_of_main_on_tiny(text):
+        assert time.monotonic() < deadline, "no raylane_requests_total series for key main on tiny"
         time.sleep(3)
-    # Ray's exporter puts its `ray_` namespace in front of every metric name.
-    requests = [line for line in text.splitlines() if line.startswith("ray_raylane_requests_total{")]
-    assert any('model="tiny"' in line and 'key="main"' in line for line in requests), requests
-    assert "raylane_request_latency_seconds_bucket" in text
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    for name in ("raylane_completion_tokens_total", "raylane_time_to_first_token_seconds",
+                 "raylane_request_latency_seconds_bucket"):  # fmt: skip
+        assert name in text, name
