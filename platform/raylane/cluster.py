@@ -76,15 +76,32 @@ class HeadRecord:
         tmp.replace(path)
 
     def processes(self) -> list[psutil.Process]:
-        """Live (non-zombie) processes of this head's session."""
-        found = []
-        for proc in psutil.process_iter():
+        """Live (non-zombie) processes of this head's session, and their descendants: Ray starts
+        job drivers in sessions of their own."""
+        members: list[psutil.Process] = []
+        children: dict[int, list[psutil.Process]] = {}
+        for proc in psutil.process_iter(["ppid"]):
             try:
-                if os.getsid(proc.pid) == self.session_id and proc.status() != psutil.STATUS_ZOMBIE:
-                    found.append(proc)
+                children.setdefault(proc.info["ppid"], []).append(proc)
+                if os.getsid(proc.pid) == self.session_id:
+                    members.append(proc)
             except (psutil.Error, ProcessLookupError, PermissionError):
                 continue
-        return found
+        found: dict[int, psutil.Process] = {}
+        todo = list(members)
+        while todo:
+            proc = todo.pop()
+            if proc.pid not in found:
+                found[proc.pid] = proc
+                todo += children.get(proc.pid, [])
+        live = []
+        for proc in found.values():
+            try:
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    live.append(proc)
+            except psutil.Error:
+                continue
+        return live
 
     def is_alive(self) -> bool:
         """Whether the head's supervisor (`ray start --block`) still runs."""

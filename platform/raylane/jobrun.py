@@ -61,7 +61,7 @@ def execute(params: Callable[[], P], run: Callable[[RaylaneConfig, P], dict[str,
     """Read the params, connect to Ray, run, print the result line and exit (see the module doc)."""
     from raylane.lanes import lower_priority
 
-    lower_priority()  # the driver too runs at its lane's niceness (when the job has a lane)
+    lower_priority(session="own")  # the driver too runs at its lane's priority (when it has a lane)
     try:
         job_params = params()
         config = load_config()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -60,6 +63,30 @@ def test_priorities_map_to_niceness_with_serving_on_top():
         "train",
         None,
     )
+
+
+def test_drivers_below_the_top_lane_renice_their_sessions_autogroup():
+    """A driver (in a session of its own, as Ray starts drivers) renices its session's autogroup
+    to its lane's niceness; a worker (the setup hook) leaves the node's session as it is; the top
+    lane changes nothing."""
+    report = (
+        "import os, sys; from raylane.lanes import lower_priority; lower_priority(*sys.argv[1:]); "
+        "print(os.getsid(0) == os.getsid(os.getppid()), os.nice(0), os.sched_getscheduler(0), "
+        "open('/proc/self/autogroup').read().split()[-1])"
+    )
+
+    def run(nice: str, *session: str) -> list[str]:
+        env = {**os.environ, lanes.NICE_ENV: nice, lanes.BACKGROUND_ENV: "1" if nice != "0" else "0"}
+        # start_new_session: the "driver" case must not renice the test runner's own session
+        done = subprocess.run([sys.executable, "-c", report, *session], env=env, capture_output=True,
+                              text=True, check=True, start_new_session=bool(session))  # fmt: skip
+        return done.stdout.split()
+
+    autogroups = lanes.AUTOGROUP_SWITCH.exists() and lanes.AUTOGROUP_SWITCH.read_text().strip() == "1"
+    idle = str(os.SCHED_IDLE)
+    assert run("17") == ["True", "17", idle, "0"]  # a worker: the session is the node's
+    assert run("19", "own") == ["False", "19", idle, "19" if autogroups else "0"]
+    assert run("0") == ["True", "0", str(os.SCHED_OTHER), "0"]  # serving's lane: untouched
 
 
 def test_status_reads_pending_demand_and_explains_it():

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import openai
 import psutil
@@ -31,7 +32,7 @@ import pytest
 import yaml
 from ray.job_submission import JobSubmissionClient
 
-from raylane import monitoring
+from raylane import lanes, monitoring
 from raylane.config import load_config
 from raylane.submit import status_text
 from tests.conftest import REPO, SESSION_LANES, RayProject, http_get
@@ -165,19 +166,29 @@ def start_batch(client: openai.OpenAI) -> str:
     return batch.id
 
 
+def autogroup_nice(proc: psutil.Process) -> int:
+    """The niceness of the process's autogroup (``/autogroup-<id> nice <n>``)."""
+    return int(Path(f"/proc/{proc.pid}/autogroup").read_text().split()[-1])
+
+
 def assert_lane_priorities(project: RayProject, batch_id: str) -> None:
     """Serving replicas run at niceness 0 (level with Ray's own processes); train and batch go
-    below, and run in the background (SCHED_IDLE) class."""
+    below and run in the background (SCHED_IDLE) class. Where Linux groups CPU time by session,
+    the batch driver's session (Ray gives each driver its own) takes the lane's niceness too."""
+    autogroups = lanes.AUTOGROUP_SWITCH.exists() and lanes.AUTOGROUP_SWITCH.read_text().strip() == "1"
     trainers = session_processes(project, "RayTrainWorker")
-    assert {p.nice() for p in trainers} == {17}
+    assert trainers and {p.nice() for p in trainers} == {17}
     assert {os.sched_getscheduler(p.pid) for p in trainers} == {os.SCHED_IDLE}
     # (Ray starts job drivers in sessions of their own, through a shell: find the batch's by its id.)
     drivers = [p for p in processes(f"--batch-id {batch_id}") if p.name().startswith("python")]
     assert drivers and {p.nice() for p in drivers} == {19}
     assert {os.sched_getscheduler(p.pid) for p in drivers} == {os.SCHED_IDLE}
+    if autogroups:
+        assert {autogroup_nice(p) for p in drivers} == {19}
     replicas = session_processes(project, "ServeReplica")
-    assert {p.nice() for p in replicas} == {0}
+    assert replicas and {p.nice() for p in replicas} == {0}
     assert {os.sched_getscheduler(p.pid) for p in replicas} == {os.SCHED_OTHER}
+    assert {autogroup_nice(p) for p in replicas} == {0}
 
 
 # The session's fixtures (a deployment, an ETL run) may be started by this test: they count toward
