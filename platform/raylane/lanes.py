@@ -40,7 +40,7 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from raylane.config import LaneName, RaylaneConfig
 
@@ -190,7 +190,7 @@ def job_runtime_env(config: RaylaneConfig, lane: str) -> dict[str, Any]:
     return {"env_vars": env, "worker_process_setup_hook": "raylane.lanes.lower_priority"}
 
 
-def lower_priority(session: str = "shared") -> None:
+def lower_priority(session: Literal["shared", "own"] = "shared") -> None:
     """Apply this process's lane priority (``RAYLANE_LANE_NICE``, ``RAYLANE_LANE_BACKGROUND``).
 
     Niceness only ever goes up. Ray calls this in every worker of a job (its
