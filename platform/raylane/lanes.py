@@ -220,13 +220,21 @@ def nice_own_autogroup(nice: int) -> bool:
     Only for a session that belongs to the caller alone (a Ray job driver's): every process in it
     is reniced.
     """
+    if not autogroups_enabled():
+        return False
     try:
-        if AUTOGROUP_SWITCH.read_text().strip() != "1":
-            return False
         OWN_AUTOGROUP.write_text(str(nice))
     except OSError:
-        return False  # not Linux, or a kernel built without autogroups
+        return False
     return True
+
+
+def autogroups_enabled() -> bool:
+    """Whether this kernel groups CPU time by session (``kernel.sched_autogroup_enabled=1``)."""
+    try:
+        return AUTOGROUP_SWITCH.read_text().strip() == "1"
+    except OSError:
+        return False  # not Linux, or a kernel built without autogroups
 
 
 def lane_of_job(job: str | None) -> LaneName | None:

@@ -82,7 +82,7 @@ def test_drivers_below_the_top_lane_renice_their_sessions_autogroup():
                               text=True, check=True, start_new_session=bool(session))  # fmt: skip
         return done.stdout.split()
 
-    autogroups = lanes.AUTOGROUP_SWITCH.exists() and lanes.AUTOGROUP_SWITCH.read_text().strip() == "1"
+    autogroups = lanes.autogroups_enabled()
     idle = str(os.SCHED_IDLE)
     assert run("17") == ["True", "17", idle, "0"]  # a worker: the session is the node's
     assert run("19", "own") == ["False", "19", idle, "19" if autogroups else "0"]

@@ -87,7 +87,7 @@ class KeyCache:
             # Shielded: a client that disconnects must not cancel a lookup other requests share.
             info = await asyncio.shield(self._lookup(digest, secret))
         else:
-            if age >= self._ttl_s / 2:
+            if age >= self._ttl_s / 2 and digest not in self._lookups:
                 # Refreshed before it expires; this request goes on with the entry it has.
                 self._lookup(digest, secret).add_done_callback(_log_failed_refresh)
             info = cached[1]

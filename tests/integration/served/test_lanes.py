@@ -175,7 +175,7 @@ def assert_lane_priorities(project: RayProject, batch_id: str) -> None:
     """Serving replicas run at niceness 0 (level with Ray's own processes); train and batch go
     below and run in the background (SCHED_IDLE) class. Where Linux groups CPU time by session,
     the batch driver's session (Ray gives each driver its own) takes the lane's niceness too."""
-    autogroups = lanes.AUTOGROUP_SWITCH.exists() and lanes.AUTOGROUP_SWITCH.read_text().strip() == "1"
+    autogroups = lanes.autogroups_enabled()
     trainers = session_processes(project, "RayTrainWorker")
     assert trainers and {p.nice() for p in trainers} == {17}
     assert {os.sched_getscheduler(p.pid) for p in trainers} == {os.SCHED_IDLE}
