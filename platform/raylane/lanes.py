@@ -36,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -43,6 +44,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from raylane.config import LaneName, RaylaneConfig
+
+logger = logging.getLogger(__name__)
 
 LANES: tuple[LaneName, ...] = ("serve", "batch", "train", "etl")
 WORKER_NICENESS = 0  # what raylane's nodes tell the raylet to give workers (RAY_worker_niceness)
@@ -205,7 +208,10 @@ def lower_priority(session: Literal["shared", "own"] = "shared") -> None:
     if target and int(target) > WORKER_NICENESS and session == "own":
         nice_own_autogroup(int(target))
     if os.environ.get(BACKGROUND_ENV) == "1" and hasattr(os, "SCHED_IDLE"):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError as error:  # a sandbox may refuse it: a priority is a hint, never a failure
+            logger.warning("background lane: SCHED_IDLE refused (%s); niceness alone applies", error)
 
 
 def nice_own_autogroup(nice: int) -> bool:
