@@ -162,6 +162,7 @@ def status(config_path: ConfigOption = None, as_json: JsonOption = False) -> Non
         "storage_root": config.storage.root,
         **summary,
         "head_memory_mib": round(record.memory_bytes() / 2**20) if record else None,
+        "lane_cpu_groups": record.cpu_groups if record else None,
         "running_jobs": jobs,
         "serve_apps": apps,
         "lanes": lanes.usage_report(config, summary["resources"], jobs),
@@ -173,6 +174,7 @@ def status(config_path: ConfigOption = None, as_json: JsonOption = False) -> Non
     out.print(f"storage     {config.storage.root}")
     if record:
         out.print(f"head        pid {record.pid}, {report['head_memory_mib']} MiB memory (PSS)")
+        out.print(f"cpu groups  {record.cpu_groups or 'none (niceness and SCHED_IDLE only)'}")
     resources = Table("resource", "used", "total", box=None, pad_edge=False)
     for name, amount in sorted(summary["resources"].items()):
         resources.add_row(name, _fmt_amount(name, amount["used"]), _fmt_amount(name, amount["total"]))

@@ -33,7 +33,7 @@ from typing import Any
 
 import psutil
 
-from raylane import lanes
+from raylane import cpugroups, lanes
 from raylane.config import RaylaneConfig, mask_url_password
 from raylane.errors import ClusterError, ClusterNotRunningError, PortInUseError
 
@@ -58,6 +58,7 @@ class HeadRecord:
     num_cpus: float | None
     started_at: float
     log_path: str
+    cpu_groups: str | None = None  # the lanes' CPU cgroups, where the OS let `up` make them
 
     @classmethod
     def load(cls, state_dir: Path) -> HeadRecord | None:
@@ -354,13 +355,17 @@ def up(config: RaylaneConfig) -> tuple[HeadRecord, bool]:
     temp_dir = default_temp_dir(config)
     temp_dir.mkdir(parents=True, exist_ok=True)
     log_path = config.state_dir / HEAD_LOG
+    env = head_environment(config)
+    cpu_groups = cpugroups.create(f"raylane-{config.ray.ports.gcs}", lanes.cpu_groups(config))
+    if cpu_groups is not None:
+        env[lanes.CPU_GROUPS_ENV] = str(cpu_groups)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             _ray_start_command(config, temp_dir),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=head_environment(config),
+            env=env,
             start_new_session=True,
         )
     urls = local_urls(config)
@@ -375,14 +380,14 @@ def up(config: RaylaneConfig) -> tuple[HeadRecord, bool]:
         num_cpus=config.ray.num_cpus,
         started_at=time.time(),
         log_path=str(log_path),
+        cpu_groups=None if cpu_groups is None else str(cpu_groups),
     )
     record.save(config.state_dir)
     try:
         _wait_until_ready(config, proc, record)
         start_serve(config, record.dashboard_url)
     except BaseException:
-        _terminate(record.processes(), grace_s=3)
-        (config.state_dir / HEAD_RECORD).unlink(missing_ok=True)
+        _stop(record, config.state_dir, grace_s=3)
         raise
     return record, True
 
@@ -432,9 +437,15 @@ def down(config: RaylaneConfig, grace_s: float = 10.0) -> HeadRecord | None:
     record = HeadRecord.load(config.state_dir)
     if record is None:
         return None
-    _terminate(record.processes(), grace_s=grace_s)
-    (config.state_dir / HEAD_RECORD).unlink(missing_ok=True)
+    _stop(record, config.state_dir, grace_s=grace_s)
     return record
+
+
+def _stop(record: HeadRecord, state_dir: Path, grace_s: float) -> None:
+    _terminate(record.processes(), grace_s=grace_s)
+    if record.cpu_groups is not None:
+        cpugroups.remove(Path(record.cpu_groups))
+    (state_dir / HEAD_RECORD).unlink(missing_ok=True)
 
 
 def _terminate(procs: list[psutil.Process], grace_s: float) -> None:

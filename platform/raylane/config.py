@@ -45,6 +45,8 @@ CONTROL_ENV_VARS = frozenset(
         "RAYLANE_API_KEY",
         "RAYLANE_LANE_NICE",
         "RAYLANE_LANE_BACKGROUND",
+        "RAYLANE_LANE",
+        "RAYLANE_CPU_GROUPS",
     }
 )
 LaneName = Literal["etl", "train", "serve", "batch"]

@@ -22,6 +22,13 @@ each a quota and a priority, and Ray, not raylane, enforces them:
   let a training run add seconds to online latency on 2 cores; measured). Job drivers and their
   workers apply both through :func:`lower_priority` (the jobs' Ray ``worker_process_setup_hook``);
   where Linux groups CPU time by session (autogroups), a driver's session takes its niceness too.
+* **Where the OS allows, each lane below the top gets a CPU cgroup.** Autogroups put a Ray node's
+  workers all in the node's session, where a ``SCHED_IDLE`` training worker still competes with
+  the serving replicas as an equal member of the session's group. A process in a CPU cgroup other
+  than the root one is exempt from autogroups, and the group's weight (:func:`cpu_groups`: its
+  lane's niceness weight, plus ``cpu.idle`` for a background lane) ranks the whole group against
+  everything else. `raylane up` makes them where it may (:mod:`raylane.cpugroups`: root, cgroup
+  v1), and :func:`lower_priority` moves each driver and worker of a job into its lane's group.
 
 Example:
     >>> from raylane.config import RaylaneConfig
@@ -43,6 +50,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
+from raylane import cpugroups
 from raylane.config import LaneName, RaylaneConfig
 
 logger = logging.getLogger(__name__)
@@ -53,6 +61,11 @@ BELOW_TOP_NICENESS = 15  # the lanes under the top one: 15..19, Ray's own defaul
 MAX_EXTRA_NICENESS = 4  # 15..19: the room Linux leaves
 NICE_ENV = "RAYLANE_LANE_NICE"
 BACKGROUND_ENV = "RAYLANE_LANE_BACKGROUND"
+LANE_ENV = "RAYLANE_LANE"
+CPU_GROUPS_ENV = "RAYLANE_CPU_GROUPS"  # on a node that made CPU cgroups for its lanes: their parent
+# Linux's CFS weights for niceness 15..19 (kernel/sched/core.c, sched_prio_to_weight), against 1024
+# for niceness 0: a lane's CPU group weighs what one process at the lane's niceness would.
+NICE_WEIGHTS = {15: 36, 16: 29, 17: 23, 18: 18, 19: 15}
 AUTOGROUP_SWITCH = Path("/proc/sys/kernel/sched_autogroup_enabled")
 OWN_AUTOGROUP = Path("/proc/self/autogroup")  # writing a niceness renices this process's session
 MILLI = 1000  # lane resources count thousandths of a CPU/GPU
@@ -175,6 +188,27 @@ def node_environment() -> dict[str, str]:
     return {"RAY_worker_niceness": str(WORKER_NICENESS)}
 
 
+def cpu_groups(config: RaylaneConfig) -> dict[str, dict[str, str]]:
+    """The CPU cgroup of each lane below the top, as the files to write: its niceness's weight,
+    and ``cpu.idle`` for a background lane. Where the kernel has it (5.15 and later), ``cpu.idle``
+    overrides the weight: the group weighs 3 and never preempts a group that is not idle.
+
+    Example:
+        >>> groups = cpu_groups(RaylaneConfig.model_validate({"lanes": {"etl": {"background": False}}}))
+        >>> groups["etl"], groups["train"], "serve" in groups
+        ({'cpu.shares': '18'}, {'cpu.shares': '23', 'cpu.idle': '1'}, False)
+    """
+    groups: dict[str, dict[str, str]] = {}
+    for lane in sorted(LANES):
+        nice = niceness(config, lane)
+        if nice == WORKER_NICENESS:
+            continue  # the top lane: left in the node's own group
+        groups[lane] = {"cpu.shares": str(NICE_WEIGHTS[nice])}
+        if background(config, lane):
+            groups[lane]["cpu.idle"] = "1"
+    return groups
+
+
 def background(config: RaylaneConfig, lane: str) -> bool:
     """Whether a lane runs in ``SCHED_IDLE``: its ``background`` setting, else "below the top"."""
     settings = config.lanes.get(lane)  # type: ignore[call-overload]
@@ -187,7 +221,7 @@ def background(config: RaylaneConfig, lane: str) -> bool:
 
 def job_runtime_env(config: RaylaneConfig, lane: str) -> dict[str, Any]:
     """runtime_env entries that run a job's driver and workers at its lane's priority."""
-    env = {NICE_ENV: str(niceness(config, lane))}
+    env = {NICE_ENV: str(niceness(config, lane)), LANE_ENV: lane}
     if background(config, lane):
         env[BACKGROUND_ENV] = "1"
     return {"env_vars": env, "worker_process_setup_hook": "raylane.lanes.lower_priority"}
@@ -200,9 +234,14 @@ def lower_priority(session: Literal["shared", "own"] = "shared") -> None:
     ``worker_process_setup_hook``), and vLLM engine processes inherit it; a job's driver calls it
     with ``session="own"``: Ray starts each driver in a session of its own, whose autogroup then
     takes the lane's niceness too (see :func:`nice_own_autogroup`). Workers stay in the node's
-    session: Ray 2.60 makes each one lead a process group, which ``setsid`` refuses.
+    session: Ray 2.60 makes each one lead a process group, which ``setsid`` refuses. On a node
+    with CPU groups for its lanes (``RAYLANE_CPU_GROUPS``), the process first moves into its
+    lane's group, which takes it out of the session's autogroup.
     """
     target = os.environ.get(NICE_ENV)
+    groups, lane = os.environ.get(CPU_GROUPS_ENV), os.environ.get(LANE_ENV)
+    if groups and lane:
+        cpugroups.join(Path(groups), lane)  # the top lane has no group: it stays with the node
     if target and int(target) > os.nice(0):
         os.nice(int(target) - os.nice(0))
     if target and int(target) > WORKER_NICENESS and session == "own":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import psutil
 import pytest
@@ -47,8 +48,12 @@ def test_status_and_idempotent_up(ray_project: RayProject):
     assert report["resources"]["CPU"]["total"] == ray_project.config["ray"]["num_cpus"]
     assert report["storage_root"] == (ray_project.path / ".raylane").as_uri()
     assert report["head_memory_mib"] > 100
+    groups = report["lane_cpu_groups"]
+    if os.access("/sys/fs/cgroup/cpu", os.W_OK):  # root on cgroup v1: `up` made the lanes' CPU groups
+        assert Path(groups).is_dir() and (Path(groups) / "train" / "cpu.idle").read_text().strip() == "1"
     table = ray_project.cli("status")
     assert "object_store_memory" in table.stdout and "serve apps" in table.stdout
+    assert f"cpu groups  {groups or 'none'}" in table.stdout
 
 
 def test_up_submit_down_twice_in_a_row(tmp_path_factory: pytest.TempPathFactory, ray_project: RayProject):
@@ -63,9 +68,16 @@ def test_up_submit_down_twice_in_a_row(tmp_path_factory: pytest.TempPathFactory,
                 submitted = project.cli("submit", str(_smoke(project)), "--wait")
                 assert submitted.returncode == 0, submitted.stderr[-2000:]
             record = json.loads((project.path / ".raylane" / "state" / "head.json").read_text())
+            if os.access("/sys/fs/cgroup/cpu", os.W_OK):  # root on cgroup v1: the lanes' CPU groups
+                assert sorted(p.name for p in Path(record["cpu_groups"]).iterdir() if p.is_dir()) == [
+                    "batch",
+                    "etl",
+                    "train",
+                ]
             down = project.cli("down")
             assert down.returncode == 0 and f"pid {record['pid']}" in down.stdout
             assert _session_processes(record["session_id"]) == [], f"cycle {cycle} left processes"
+            assert record["cpu_groups"] is None or not Path(record["cpu_groups"]).exists()
         # The session head of the other tests was never touched.
         assert ray_project.cli("status").returncode == 0
     finally:

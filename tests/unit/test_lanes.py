@@ -13,10 +13,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from raylane import lanes
+from raylane import cpugroups, lanes
 from raylane.batch.serving import BatchPolicy, answer
 from raylane.cluster import _pending_demand, _ray_start_command
-from raylane.config import RaylaneConfig
+from raylane.config import RaylaneConfig, load_config
 from raylane.costs import job_costs, job_resources
 from raylane.serve.load import OnlineLoad
 
@@ -53,9 +53,16 @@ def test_priorities_map_to_niceness_with_serving_on_top():
     flat = RaylaneConfig.model_validate({"lanes": {lane: {"priority": 1} for lane in lanes.LANES}})
     assert {lanes.niceness(flat, lane) for lane in lanes.LANES} == {0}
     env = lanes.job_runtime_env(config, "train")
-    assert env["env_vars"] == {lanes.NICE_ENV: "17", lanes.BACKGROUND_ENV: "1"}  # below the top: background
+    assert env["env_vars"] == {
+        lanes.NICE_ENV: "17",
+        lanes.BACKGROUND_ENV: "1",
+        lanes.LANE_ENV: "train",
+    }  # below the top: background
     assert env["worker_process_setup_hook"].endswith("lower_priority")
-    assert lanes.job_runtime_env(config, "serve")["env_vars"] == {lanes.NICE_ENV: "0"}
+    assert lanes.job_runtime_env(config, "serve")["env_vars"] == {
+        lanes.NICE_ENV: "0",
+        lanes.LANE_ENV: "serve",
+    }
     foreground = RaylaneConfig.model_validate({"lanes": {"train": {"background": False}}})
     assert not lanes.background(foreground, "train") and lanes.background(foreground, "batch")
     assert (lanes.lane_of_job("docs"), lanes.lane_of_job("train"), lanes.lane_of_job("smoke")) == (
@@ -89,6 +96,54 @@ def test_drivers_below_the_top_lane_renice_their_sessions_autogroup():
     assert run("17") == ["True", "17", idle, "0"]  # a worker: the session is the node's
     assert run("19", "own") == ["False", "19", idle, "19" if autogroups else "0"]
     assert run("0") == ["True", "0", str(os.SCHED_OTHER), "0"]  # serving's lane: untouched
+
+
+def test_the_environment_lanes_give_processes_is_not_read_as_settings():
+    """A job's processes carry their lane in RAYLANE_* variables; loading their config accepts them."""
+    env = {**lanes.job_runtime_env(RaylaneConfig(), "train")["env_vars"], lanes.CPU_GROUPS_ENV: "/sys/x"}
+    assert set(env) == {lanes.NICE_ENV, lanes.BACKGROUND_ENV, lanes.LANE_ENV, lanes.CPU_GROUPS_ENV}
+    assert load_config(None, env=env).lanes["train"].priority == 50
+
+
+# Root on a machine whose cpu controller is cgroup v1 (this project's CI machines) may make groups.
+CPU_CGROUPS = Path("/sys/fs/cgroup/cpu")
+
+
+def cpu_group_of(cgroup_file: str) -> str:
+    """The ``cpu`` controller's group in a /proc/<pid>/cgroup text."""
+    return next(
+        line.split(":", 2)[2] for line in cgroup_file.splitlines() if "cpu" in line.split(":")[1].split(",")
+    )
+
+
+@pytest.mark.skipif(not os.access(CPU_CGROUPS, os.W_OK), reason="needs a writable cgroup v1 cpu controller")
+def test_lane_processes_join_their_lanes_cpu_group_and_the_groups_are_removed():
+    """The groups get their lanes' weights; a background lane's process moves into its group (its
+    children start there), the top lane's stays in the node's; removing them leaves nothing."""
+    root = cpugroups.create(f"raylane-unit-{os.getpid()}", lanes.cpu_groups(RaylaneConfig()))
+    assert root is not None and root.parent == CPU_CGROUPS / cpu_group_of(
+        Path("/proc/self/cgroup").read_text()
+    ).lstrip("/")
+    report = (
+        "import subprocess; from raylane.lanes import lower_priority; lower_priority(); "
+        "print(subprocess.run(['cat', '/proc/self/cgroup'], capture_output=True, text=True).stdout)"
+    )
+
+    def group_of_a_child(lane: str, nice: str) -> str:
+        env = {**os.environ, lanes.CPU_GROUPS_ENV: str(root), lanes.LANE_ENV: lane, lanes.NICE_ENV: nice}
+        done = subprocess.run([sys.executable, "-c", report], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return cpu_group_of(done.stdout)
+
+    try:
+        assert sorted(group.name for group in root.iterdir() if group.is_dir()) == ["batch", "etl", "train"]
+        assert (root / "train" / "cpu.idle").read_text().strip() == "1"
+        assert (root / "batch" / "cpu.shares").read_text().strip() == "3"  # what cpu.idle sets
+        assert group_of_a_child("train", "17") == f"/{root.relative_to(CPU_CGROUPS)}/train"
+        assert group_of_a_child("serve", "0") == cpu_group_of(Path("/proc/self/cgroup").read_text())
+    finally:
+        cpugroups.remove(root)
+    assert not root.exists()
 
 
 def test_status_reads_pending_demand_and_explains_it():

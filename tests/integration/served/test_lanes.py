@@ -46,7 +46,7 @@ TRAIN = {"batch_size": 8, "learning_rate": 0.003, "warmup_steps": 4, "log_every"
          "eval_every": 1000, "checkpoint_every": 1000, "workers": 1, "cpus_per_worker": 1}  # fmt: skip
 TRAIN_QUOTA = SESSION_LANES["train"]["cpus"]
 BATCH_REQUESTS = 200  # enough to keep the batch running while latency is measured
-PROBES = 60  # sequential online requests, idle and then under load
+PROBES = 120  # sequential online requests, idle and then under load
 
 
 @dataclass
@@ -171,11 +171,19 @@ def autogroup_nice(proc: psutil.Process) -> int:
     return int(Path(f"/proc/{proc.pid}/autogroup").read_text().split()[-1])
 
 
+def pids_in(group: Path) -> set[int]:
+    """The processes the kernel has in a cgroup v1 group."""
+    return {int(pid) for pid in (group / "cgroup.procs").read_text().split()}
+
+
 def assert_lane_priorities(project: RayProject, batch_id: str) -> None:
     """Serving replicas run at niceness 0 (level with Ray's own processes); train and batch go
     below and run in the background (SCHED_IDLE) class. Where Linux groups CPU time by session,
-    the batch driver's session (Ray gives each driver its own) takes the lane's niceness too."""
+    the batch driver's session (Ray gives each driver its own) takes the lane's niceness too.
+    Where the head could make CPU cgroups, train and batch processes run in their lanes' groups
+    and the replicas stay in the head's."""
     autogroups = lanes.autogroups_enabled()
+    head = json.loads((project.path / ".raylane" / "state" / "head.json").read_text())
     trainers = session_processes(project, "RayTrainWorker")
     assert trainers and {p.nice() for p in trainers} == {17}
     assert {os.sched_getscheduler(p.pid) for p in trainers} == {os.SCHED_IDLE}
@@ -189,6 +197,14 @@ def assert_lane_priorities(project: RayProject, batch_id: str) -> None:
     assert replicas and {p.nice() for p in replicas} == {0}
     assert {os.sched_getscheduler(p.pid) for p in replicas} == {os.SCHED_OTHER}
     assert {autogroup_nice(p) for p in replicas} == {0}
+    if os.access("/sys/fs/cgroup/cpu", os.W_OK):  # root on a cgroup v1 machine (CI's): `up` made them
+        assert head["cpu_groups"] is not None
+        groups = Path(head["cpu_groups"])
+        assert {p.pid for p in trainers} <= pids_in(groups / "train")
+        assert {p.pid for p in drivers} <= pids_in(groups / "batch")
+        assert not {p.pid for p in replicas} & set().union(
+            *(pids_in(g) for g in groups.iterdir() if g.is_dir())
+        )
 
 
 # The session's fixtures (a deployment, an ETL run) may be started by this test: they count toward
@@ -219,8 +235,9 @@ def test_serving_answers_under_train_and_batch_while_a_run_over_quota_waits(lane
         assert client.batches.retrieve(batch_id).request_counts.completed < BATCH_REQUESTS
         loaded = latencies(client, PROBES)  # every one answered: latencies() asserts it
         assert laned.job_status(first) == "RUNNING"  # the load was really there throughout
-        # Latency is printed, not asserted: on this 2-vCPU VM it swings from run to run (issue 7),
-        # and speed belongs in bench/. What the test holds is the mechanism: the priorities above.
+        # Latency is printed, not asserted: speed belongs in bench/ (bench/lanes_latency.py holds
+        # the 2x p99 target against a baseline). What the test holds is the mechanism: the
+        # priorities and CPU groups above, and no request lost.
         print(f"online latency idle: {summary(idle)}; under train + batch: {summary(loaded)}")
 
         wait_for(
