@@ -265,6 +265,36 @@ def submit_and_wait_for_log(project: RayProject, job: Path, text: str, timeout: 
     return job_id
 
 
+CPU_CGROUPS = Path("/sys/fs/cgroup/cpu")  # cgroup v1's cpu controller, where raylane may make lane groups
+
+
+def cpu_cgroup_of(proc_cgroup: str) -> str | None:
+    """The cgroup v1 ``cpu`` group (``/`` for the root one) in a ``/proc/<pid>/cgroup`` text."""
+    for line in proc_cgroup.splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(","):
+            return path
+    return None
+
+
+def own_cpu_cgroup() -> str | None:
+    """This process's cgroup v1 ``cpu`` group."""
+    return cpu_cgroup_of(Path("/proc/self/cgroup").read_text())
+
+
+def may_make_cpu_cgroups() -> bool:
+    """Whether this process may make a CPU group below its own (root on cgroup v1, as on CI's
+    machines): then `raylane up` must make the lanes' groups."""
+    own = own_cpu_cgroup()
+    probe = CPU_CGROUPS / (own or "/").lstrip("/") / f"raylane-probe-{os.getpid()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError:
+        return False
+    return own is not None
+
+
 def stop_project(project: RayProject) -> None:
     project.cli("down", timeout=120)
     shutil.rmtree(project.config["ray"]["temp_dir"], ignore_errors=True)

@@ -9,7 +9,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import RayProject, head_sockets, http_get, make_project, stop_project
+from tests.conftest import (
+    RayProject,
+    head_sockets,
+    http_get,
+    make_project,
+    may_make_cpu_cgroups,
+    stop_project,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +56,7 @@ def test_status_and_idempotent_up(ray_project: RayProject):
     assert report["storage_root"] == (ray_project.path / ".raylane").as_uri()
     assert report["head_memory_mib"] > 100
     groups = report["lane_cpu_groups"]
-    if os.access("/sys/fs/cgroup/cpu", os.W_OK):  # root on cgroup v1: `up` made the lanes' CPU groups
+    if may_make_cpu_cgroups():  # root on cgroup v1: `up` made the lanes' CPU groups
         assert Path(groups).is_dir() and (Path(groups) / "train" / "cpu.idle").read_text().strip() == "1"
     table = ray_project.cli("status")
     assert "object_store_memory" in table.stdout and "serve apps" in table.stdout
@@ -68,7 +75,7 @@ def test_up_submit_down_twice_in_a_row(tmp_path_factory: pytest.TempPathFactory,
                 submitted = project.cli("submit", str(_smoke(project)), "--wait")
                 assert submitted.returncode == 0, submitted.stderr[-2000:]
             record = json.loads((project.path / ".raylane" / "state" / "head.json").read_text())
-            if os.access("/sys/fs/cgroup/cpu", os.W_OK):  # root on cgroup v1: the lanes' CPU groups
+            if may_make_cpu_cgroups():  # root on cgroup v1: the lanes' CPU groups
                 assert sorted(p.name for p in Path(record["cpu_groups"]).iterdir() if p.is_dir()) == [
                     "batch",
                     "etl",

@@ -19,6 +19,7 @@ from raylane.cluster import _pending_demand, _ray_start_command
 from raylane.config import RaylaneConfig, load_config
 from raylane.costs import job_costs, job_resources
 from raylane.serve.load import OnlineLoad
+from tests.conftest import CPU_CGROUPS, cpu_cgroup_of, may_make_cpu_cgroups, own_cpu_cgroup
 
 QUOTAS = {"lanes": {"serve": {"cpus": 1, "priority": 100}, "train": {"cpus": 0.75, "gpus": 1, "priority": 50},
                     "etl": {"priority": 40}, "batch": {"priority": 10}}}  # fmt: skip
@@ -105,25 +106,12 @@ def test_the_environment_lanes_give_processes_is_not_read_as_settings():
     assert load_config(None, env=env).lanes["train"].priority == 50
 
 
-# Root on a machine whose cpu controller is cgroup v1 (this project's CI machines) may make groups.
-CPU_CGROUPS = Path("/sys/fs/cgroup/cpu")
-
-
-def cpu_group_of(cgroup_file: str) -> str:
-    """The ``cpu`` controller's group in a /proc/<pid>/cgroup text."""
-    return next(
-        line.split(":", 2)[2] for line in cgroup_file.splitlines() if "cpu" in line.split(":")[1].split(",")
-    )
-
-
-@pytest.mark.skipif(not os.access(CPU_CGROUPS, os.W_OK), reason="needs a writable cgroup v1 cpu controller")
+@pytest.mark.skipif(not may_make_cpu_cgroups(), reason="needs a writable cgroup v1 cpu controller")
 def test_lane_processes_join_their_lanes_cpu_group_and_the_groups_are_removed():
     """The groups get their lanes' weights; a background lane's process moves into its group (its
     children start there), the top lane's stays in the node's; removing them leaves nothing."""
     root = cpugroups.create(f"raylane-unit-{os.getpid()}", lanes.cpu_groups(RaylaneConfig()))
-    assert root is not None and root.parent == CPU_CGROUPS / cpu_group_of(
-        Path("/proc/self/cgroup").read_text()
-    ).lstrip("/")
+    assert root is not None and root.parent == CPU_CGROUPS / str(own_cpu_cgroup()).lstrip("/")
     report = (
         "import subprocess; from raylane.lanes import lower_priority; lower_priority(); "
         "print(subprocess.run(['cat', '/proc/self/cgroup'], capture_output=True, text=True).stdout)"
@@ -133,14 +121,14 @@ def test_lane_processes_join_their_lanes_cpu_group_and_the_groups_are_removed():
         env = {**os.environ, lanes.CPU_GROUPS_ENV: str(root), lanes.LANE_ENV: lane, lanes.NICE_ENV: nice}
         done = subprocess.run([sys.executable, "-c", report], env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
-        return cpu_group_of(done.stdout)
+        return cpu_cgroup_of(done.stdout)
 
     try:
         assert sorted(group.name for group in root.iterdir() if group.is_dir()) == ["batch", "etl", "train"]
         assert (root / "train" / "cpu.idle").read_text().strip() == "1"
         assert (root / "batch" / "cpu.shares").read_text().strip() == "3"  # what cpu.idle sets
         assert group_of_a_child("train", "17") == f"/{root.relative_to(CPU_CGROUPS)}/train"
-        assert group_of_a_child("serve", "0") == cpu_group_of(Path("/proc/self/cgroup").read_text())
+        assert group_of_a_child("serve", "0") == own_cpu_cgroup()
     finally:
         cpugroups.remove(root)
     assert not root.exists()

@@ -35,7 +35,7 @@ from ray.job_submission import JobSubmissionClient
 from raylane import lanes, monitoring
 from raylane.config import load_config
 from raylane.submit import status_text
-from tests.conftest import REPO, SESSION_LANES, RayProject, http_get
+from tests.conftest import REPO, SESSION_LANES, RayProject, http_get, may_make_cpu_cgroups
 from tests.integration.served.conftest import Deployment
 
 pytestmark = pytest.mark.integration
@@ -197,7 +197,7 @@ def assert_lane_priorities(project: RayProject, batch_id: str) -> None:
     assert replicas and {p.nice() for p in replicas} == {0}
     assert {os.sched_getscheduler(p.pid) for p in replicas} == {os.SCHED_OTHER}
     assert {autogroup_nice(p) for p in replicas} == {0}
-    if os.access("/sys/fs/cgroup/cpu", os.W_OK):  # root on a cgroup v1 machine (CI's): `up` made them
+    if may_make_cpu_cgroups():  # root on a cgroup v1 machine (CI's): `up` made them
         assert head["cpu_groups"] is not None
         groups = Path(head["cpu_groups"])
         assert {p.pid for p in trainers} <= pids_in(groups / "train")
