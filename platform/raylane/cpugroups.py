@@ -54,6 +54,10 @@ def create(name: str, groups: dict[str, dict[str, str]]) -> Path | None:
     """Create ``<name>/<group>`` under this process's CPU cgroup, writing each group's files
     (``cpu.shares``, ``cpu.idle``); returns ``<name>``'s directory, or None where this OS or user
     may not. Groups that exist already (a head that stopped without ``down``) are reused.
+
+    Example:
+        >>> create("raylane-6379", {}) is None  # no lane below the top: no groups to make
+        True
     """
     try:
         own = cpu_cgroup_dir(Path("/proc/self/mountinfo").read_text(), Path("/proc/self/cgroup").read_text())
@@ -79,6 +83,10 @@ def join(root: Path, group: str) -> bool:
     """Move this process, all its threads, into ``root/group``; False where that group is missing.
 
     Processes it starts afterwards start in the group too.
+
+    Example:
+        >>> join(Path("/nonexistent/raylane-6379"), "train")
+        False
     """
     try:
         (root / group / "cgroup.procs").write_text(str(os.getpid()))
@@ -88,7 +96,11 @@ def join(root: Path, group: str) -> bool:
 
 
 def remove(root: Path) -> None:
-    """Remove the groups under ``root`` and ``root`` itself, once their processes are gone."""
+    """Remove the groups under ``root`` and ``root`` itself, once their processes are gone.
+
+    Example:
+        >>> remove(Path("/nonexistent/raylane-6379"))  # gone already: nothing to do
+    """
     for group in [*sorted(root.glob("*/")), root]:
         try:
             group.rmdir()  # cgroupfs: rmdir removes a group with no processes, files and all
