@@ -220,6 +220,10 @@ class RayProject:
     def token(self) -> str:
         return (self.path / ".raylane" / "state" / "ray-auth-token").read_text().strip()
 
+    def head_record(self) -> dict[str, Any]:
+        """What `raylane up` recorded of the running head (pid, session, CPU groups, ...)."""
+        return json.loads((self.path / ".raylane" / "state" / "head.json").read_text())
+
     def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 600) -> CliResult:
         return run_cli(*args, cwd=self.path, env={**self.env, **(env or {})}, timeout=timeout)
 
@@ -376,7 +380,7 @@ def corpus(ray_project: RayProject) -> str:
 
 def head_sockets(project: RayProject) -> list[tuple[str, int]]:
     """(address, port) of every socket the head's processes listen on."""
-    record = json.loads((project.path / ".raylane" / "state" / "head.json").read_text())
+    record = project.head_record()
     return session_sockets(record["session_id"])
 
 

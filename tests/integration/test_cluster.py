@@ -74,7 +74,7 @@ def test_up_submit_down_twice_in_a_row(tmp_path_factory: pytest.TempPathFactory,
             if cycle == 2:  # the restarted head, in the same project and state dir, runs jobs
                 submitted = project.cli("submit", str(_smoke(project)), "--wait")
                 assert submitted.returncode == 0, submitted.stderr[-2000:]
-            record = json.loads((project.path / ".raylane" / "state" / "head.json").read_text())
+            record = project.head_record()
             if may_make_cpu_cgroups():  # root on cgroup v1: the lanes' CPU groups
                 assert sorted(p.name for p in Path(record["cpu_groups"]).iterdir() if p.is_dir()) == [
                     "batch",

@@ -109,7 +109,7 @@ def test_resume_continues_a_finished_run_for_more_steps(ray_project: RayProject,
 
 
 def train_workers(project: RayProject) -> list[psutil.Process]:
-    session = json.loads((project.path / ".raylane" / "state" / "head.json").read_text())["session_id"]
+    session = project.head_record()["session_id"]
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:

@@ -116,7 +116,7 @@ def processes(marker: str, session: int | None = None) -> list[psutil.Process]:
 
 
 def session_processes(project: RayProject, marker: str) -> list[psutil.Process]:
-    session = json.loads((project.path / ".raylane" / "state" / "head.json").read_text())["session_id"]
+    session = project.head_record()["session_id"]
     return processes(marker, session)
 
 
@@ -183,7 +183,7 @@ def assert_lane_priorities(project: RayProject, batch_id: str) -> None:
     Where the head could make CPU cgroups, train and batch processes run in their lanes' groups
     and the replicas stay in the head's."""
     autogroups = lanes.autogroups_enabled()
-    head = json.loads((project.path / ".raylane" / "state" / "head.json").read_text())
+    head = project.head_record()
     trainers = session_processes(project, "RayTrainWorker")
     assert trainers and {p.nice() for p in trainers} == {17}
     assert {os.sched_getscheduler(p.pid) for p in trainers} == {os.SCHED_IDLE}
