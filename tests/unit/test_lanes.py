@@ -81,8 +81,8 @@ def test_drivers_below_the_top_lane_renice_their_sessions_autogroup():
         "import os, sys; from raylane.lanes import lower_priority; lower_priority(*sys.argv[1:]); "
         "group = '/proc/self/autogroup'; "
         "print(os.getsid(0) == os.getsid(os.getppid()), os.nice(0), os.sched_getscheduler(0), "
-        "open(group).read().split()[-1] if os.path.exists(group) else '0')"
-    )
+        "(open(group).read().split() or ['0'])[-1] if os.path.exists(group) else '0')"
+    )  # an empty autogroup file: the session is in the root autogroup, whose niceness is 0
 
     def run(nice: str, *session: str) -> list[str]:
         env = {**os.environ, lanes.NICE_ENV: nice, lanes.BACKGROUND_ENV: "1" if nice != "0" else "0"}

@@ -167,8 +167,12 @@ def start_batch(client: openai.OpenAI) -> str:
 
 
 def autogroup_nice(proc: psutil.Process) -> int:
-    """The niceness of the process's autogroup (``/autogroup-<id> nice <n>``)."""
-    return int(Path(f"/proc/{proc.pid}/autogroup").read_text().split()[-1])
+    """The niceness of the process's autogroup (``/autogroup-<id> nice <n>``).
+
+    A process in the root autogroup (its session never called ``setsid`` since boot, as under
+    some containers' PID 1) reads an empty file; that group's niceness is 0.
+    """
+    return int((Path(f"/proc/{proc.pid}/autogroup").read_text().split() or ["0"])[-1])
 
 
 def pids_in(group: Path) -> set[int]:
