@@ -286,6 +286,15 @@ def own_cpu_cgroup() -> str | None:
     return cpu_cgroup_of(Path("/proc/self/cgroup").read_text())
 
 
+def autogroup_niceness(autogroup: str) -> int:
+    """The niceness in a ``/proc/<pid>/autogroup`` text (``/autogroup-<id> nice <n>``).
+
+    A process in the root autogroup (its session never called ``setsid`` since boot, as under
+    CI's PID 1) reads an empty file, as does a kernel without autogroups; that niceness is 0.
+    """
+    return int((autogroup.split() or ["0"])[-1])
+
+
 def may_make_cpu_cgroups() -> bool:
     """Whether this process may make a CPU group below its own (root on cgroup v1, as on CI's
     machines): then `raylane up` must make the lanes' groups."""

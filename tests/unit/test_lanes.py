@@ -19,7 +19,13 @@ from raylane.cluster import _pending_demand, _ray_start_command
 from raylane.config import RaylaneConfig, load_config
 from raylane.costs import job_costs, job_resources
 from raylane.serve.load import OnlineLoad
-from tests.conftest import CPU_CGROUPS, cpu_cgroup_of, may_make_cpu_cgroups, own_cpu_cgroup
+from tests.conftest import (
+    CPU_CGROUPS,
+    autogroup_niceness,
+    cpu_cgroup_of,
+    may_make_cpu_cgroups,
+    own_cpu_cgroup,
+)
 
 QUOTAS = {"lanes": {"serve": {"cpus": 1, "priority": 100}, "train": {"cpus": 0.75, "gpus": 1, "priority": 50},
                     "etl": {"priority": 40}, "batch": {"priority": 10}}}  # fmt: skip
@@ -79,10 +85,10 @@ def test_drivers_below_the_top_lane_renice_their_sessions_autogroup():
     lane changes nothing."""
     report = (
         "import os, sys; from raylane.lanes import lower_priority; lower_priority(*sys.argv[1:]); "
-        "group = '/proc/self/autogroup'; "
-        "print(os.getsid(0) == os.getsid(os.getppid()), os.nice(0), os.sched_getscheduler(0), "
-        "(open(group).read().split() or ['0'])[-1] if os.path.exists(group) else '0')"
-    )  # an empty autogroup file: the session is in the root autogroup, whose niceness is 0
+        "import json; group = '/proc/self/autogroup'; "
+        "print(json.dumps([os.getsid(0) == os.getsid(os.getppid()), os.nice(0), os.sched_getscheduler(0), "
+        "open(group).read() if os.path.exists(group) else '']))"
+    )
 
     def run(nice: str, *session: str) -> list[str]:
         env = {**os.environ, lanes.NICE_ENV: nice, lanes.BACKGROUND_ENV: "1" if nice != "0" else "0"}
@@ -90,7 +96,8 @@ def test_drivers_below_the_top_lane_renice_their_sessions_autogroup():
         done = subprocess.run([sys.executable, "-c", report, *session], env=env, capture_output=True,
                               text=True, start_new_session=bool(session))  # fmt: skip
         assert done.returncode == 0, done.stderr  # what went wrong, not just that something did
-        return done.stdout.split()
+        same_session, niceness, policy, autogroup = json.loads(done.stdout)
+        return [str(same_session), str(niceness), str(policy), str(autogroup_niceness(autogroup))]
 
     autogroups = lanes.autogroups_enabled()
     idle = str(os.SCHED_IDLE)

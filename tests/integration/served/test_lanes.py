@@ -35,7 +35,7 @@ from ray.job_submission import JobSubmissionClient
 from raylane import lanes, monitoring
 from raylane.config import load_config
 from raylane.submit import status_text
-from tests.conftest import REPO, SESSION_LANES, RayProject, http_get, may_make_cpu_cgroups
+from tests.conftest import REPO, SESSION_LANES, RayProject, autogroup_niceness, http_get, may_make_cpu_cgroups
 from tests.integration.served.conftest import Deployment
 
 pytestmark = pytest.mark.integration
@@ -167,12 +167,8 @@ def start_batch(client: openai.OpenAI) -> str:
 
 
 def autogroup_nice(proc: psutil.Process) -> int:
-    """The niceness of the process's autogroup (``/autogroup-<id> nice <n>``).
-
-    A process in the root autogroup (its session never called ``setsid`` since boot, as under
-    some containers' PID 1) reads an empty file; that group's niceness is 0.
-    """
-    return int((Path(f"/proc/{proc.pid}/autogroup").read_text().split() or ["0"])[-1])
+    """The niceness of the process's autogroup."""
+    return autogroup_niceness(Path(f"/proc/{proc.pid}/autogroup").read_text())
 
 
 def pids_in(group: Path) -> set[int]:
