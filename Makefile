@@ -27,7 +27,7 @@ setup:
 demo: $(BIN)/raylane
 	$(BIN)/raylane up
 	$(BIN)/raylane submit jobs/smoke.yaml --wait
-	$(BIN)/raylane submit jobs/etl.yaml --wait
+	$(BIN)/raylane submit jobs/corpus.yaml --wait
 	$(BIN)/raylane submit jobs/docs.yaml --wait
 	$(BIN)/raylane docs search "How do I read rows from a CSV file?" --dataset docs -k 3
 	$(BIN)/raylane submit jobs/train.yaml --wait

@@ -168,7 +168,7 @@ def main() -> None:
     (cluster.dir / "raylane.yaml").write_text(json.dumps(cluster.config))
     cluster.cli("up")
     try:
-        from raylane.cluster import ray_env
+        from raylane.cluster.connect import ray_env
         from raylane.config import load_config
 
         gcs = f"127.0.0.1:{cluster.config['ray']['ports']['gcs']}"

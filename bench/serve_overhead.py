@@ -225,7 +225,7 @@ class Cluster:
 def bench_ray_stock(cluster: Cluster, model_dir: Path, args) -> list[Result]:
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-    from raylane.cluster import auth_headers
+    from raylane.cluster.connect import auth_headers
     from raylane.config import load_config
 
     client = ServeSubmissionClient(

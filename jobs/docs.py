@@ -3,8 +3,7 @@
 raylane submit jobs/docs.yaml --wait
 """
 
-from raylane.data.docs import DocsParams, run_docs
-from raylane.jobrun import run_job
+from raylane.jobs.run import run_job
 
 if __name__ == "__main__":
-    run_job(DocsParams, run_docs)
+    run_job("docs")

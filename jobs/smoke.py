@@ -3,8 +3,7 @@
 raylane submit jobs/smoke.yaml --wait
 """
 
-from raylane.jobrun import run_job
-from raylane.smoke import SmokeParams, run_smoke
+from raylane.jobs.run import run_job
 
 if __name__ == "__main__":
-    run_job(SmokeParams, run_smoke)
+    run_job("smoke")

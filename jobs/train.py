@@ -1,12 +1,10 @@
-"""Training job: Ray Train TorchTrainer on an ETL corpus -> exported, registered model.
+"""Training job: Ray Train TorchTrainer on a packed corpus -> exported, registered model.
 
 raylane submit jobs/train.yaml --wait
 raylane submit jobs/train.yaml --resume RUN --wait
 """
 
-from raylane.jobrun import run_job
-from raylane.train.params import TrainParams
-from raylane.train.run import run_training
+from raylane.jobs.run import run_job
 
 if __name__ == "__main__":
-    run_job(TrainParams, run_training)
+    run_job("train")

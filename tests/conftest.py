@@ -373,7 +373,7 @@ def publish_corpus(project: RayProject, store: Any, env: dict[str, str] | None =
     texts, _ = synthetic_corpus(900, seed=seed)
     write_jsonl_shards(store, "raw", texts, per_shard=300)
     job = project.path / f"etl-corpus-{uuid.uuid4().hex[:6]}.yaml"
-    job.write_text(yaml.safe_dump({"job": "etl", "params": {"input": "raw", **CORPUS_PARAMS}}))
+    job.write_text(yaml.safe_dump({"job": "corpus", "params": {"input": "raw", **CORPUS_PARAMS}}))
     result = project.cli("submit", str(job), "--wait", env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
 

@@ -155,7 +155,7 @@ def train_metrics() -> TrainMetrics:
 
 @dataclass(frozen=True)
 class LaneMetrics:
-    """Each lane's CPUs/GPUs in use and its quota (see :mod:`raylane.lane_metrics`)."""
+    """Each lane's CPUs/GPUs in use and its quota (see :mod:`raylane.lanes.metrics`)."""
 
     used: Gauge
     quota: Gauge

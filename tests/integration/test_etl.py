@@ -18,7 +18,7 @@ from raylane.data import dataset_path
 from raylane.data.runs import find_inputs
 from raylane.data.samples import synthetic_corpus, text_pdf, write_jsonl_shards, write_sample_documents
 from raylane.errors import NotFoundError, StorageError
-from raylane.jobrun import parse_result
+from raylane.jobs.run import parse_result
 from raylane.storage import Storage
 from tests.conftest import BIN, REPO, RayProject, S3Server, submit_and_wait_for_log
 
@@ -70,7 +70,9 @@ def test_corpus_pipeline_on_local_storage(ray_project: RayProject):
     store = local_store(ray_project)
     planted = plant_corpus(store, "etl-it/raw", 1500)
     plant_bad_corpus_files(store, "etl-it/raw")
-    job = write_job(ray_project, "etl-local", "etl", input="etl-it/raw", output="it-corpus", **CORPUS_PARAMS)
+    job = write_job(
+        ray_project, "etl-local", "corpus", input="etl-it/raw", output="it-corpus", **CORPUS_PARAMS
+    )
 
     result = ray_project.cli("submit", str(job), "--wait", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -142,9 +144,9 @@ def test_corpus_pipeline_on_s3_with_plain_ray_job_submit(
     planted = plant_corpus(store, "raw", 600, seed=11)
     workdir = tmp_path / "work"
     (workdir / "jobs").mkdir(parents=True)
-    shutil.copy(REPO / "jobs" / "etl.py", workdir / "jobs" / "etl.py")
+    shutil.copy(REPO / "jobs" / "corpus.py", workdir / "jobs" / "corpus.py")
     (workdir / "etl.yaml").write_text(
-        yaml.safe_dump({"job": "etl", "params": {"input": "raw", **CORPUS_PARAMS}})
+        yaml.safe_dump({"job": "corpus", "params": {"input": "raw", **CORPUS_PARAMS}})
     )
     runtime_env = {
         "env_vars": {"RAYLANE_STORAGE__ROOT": root, "RAYLANE_STORAGE__S3__ENDPOINT_URL": s3_server.endpoint}
@@ -163,7 +165,7 @@ def test_corpus_pipeline_on_s3_with_plain_ray_job_submit(
             json.dumps(runtime_env),
             "--",
             "python",
-            "jobs/etl.py",
+            "jobs/corpus.py",
             "--config",
             "etl.yaml",
         ],
@@ -189,7 +191,7 @@ def test_a_killed_run_publishes_nothing_and_a_rerun_completes(ray_project: RayPr
     store = local_store(ray_project)
     plant_corpus(store, "etl-kill/raw", 60_000, seed=3)  # enough that packing takes ~10 s
     params = {**CORPUS_PARAMS, "tokenizer": {"vocab_size": 4000, "train_documents": 20_000}}
-    job = write_job(ray_project, "etl-kill", "etl", input="etl-kill/raw", output="it-killed", **params)
+    job = write_job(ray_project, "etl-kill", "corpus", input="etl-kill/raw", output="it-killed", **params)
     job_id = submit_and_wait_for_log(ray_project, job, "pack: tokenizing")
     # Inside the publication now: tokenizer files are staged, packing is running, nothing is visible.
     stopped = ray_project.cli("jobs", "stop", job_id, "--wait")
@@ -288,7 +290,7 @@ def test_docs_pipeline_on_s3(ray_project: RayProject, s3_server: S3Server):
 def test_missing_input_and_unreadable_bucket_are_one_clear_error(
     ray_project: RayProject, s3_server: S3Server
 ):
-    job = write_job(ray_project, "etl-missing", "etl", input="no/such/prefix", generate_sample=False)
+    job = write_job(ray_project, "etl-missing", "corpus", input="no/such/prefix", generate_sample=False)
     result = ray_project.cli("submit", str(job), "--wait")
     assert result.returncode == 1
     assert "no input files (.txt, .md, .jsonl, .parquet) under file://" in result.stdout + result.stderr

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from raylane.config import S3Config
-from raylane.jobrun import parse_result
-from raylane.smoke import WORDS, sample_lines
+from raylane.data.smoke import WORDS, sample_lines
+from raylane.jobs.run import parse_result
 from raylane.storage import Storage
 from tests.conftest import BIN, REPO, RayProject, S3Server, http_get
 

@@ -31,10 +31,11 @@ import pytest
 import yaml
 
 from raylane import lanes
-from raylane.cluster import head_environment, ray_env
+from raylane.cluster.connect import ray_env
+from raylane.cluster.head import head_environment
 from raylane.config import S3Config, load_config
 from raylane.data.samples import synthetic_corpus, write_jsonl_shards
-from raylane.jobrun import parse_result
+from raylane.jobs.run import parse_result
 from raylane.storage import Storage
 from tests.conftest import (
     BIN,
@@ -207,7 +208,7 @@ def test_etl_on_the_head_feeds_training_on_the_other_node_through_s3(two_nodes: 
     texts, _ = synthetic_corpus(900, seed=11)
     write_jsonl_shards(two_nodes.store, "raw", texts, per_shard=300)
     etl_file = project.path / "etl.yaml"
-    etl_file.write_text(yaml.safe_dump({"job": "etl", "params": {"input": "raw", **CORPUS}}))
+    etl_file.write_text(yaml.safe_dump({"job": "corpus", "params": {"input": "raw", **CORPUS}}))
     etl = project.cli("submit", str(etl_file), "--wait", timeout=900)
     assert etl.returncode == 0, etl.stderr[-3000:]
     assert any(

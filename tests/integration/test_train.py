@@ -17,10 +17,10 @@ import pytest
 import yaml
 
 from raylane.config import S3Config
-from raylane.jobrun import parse_result
+from raylane.jobs.client import status_text
+from raylane.jobs.run import parse_result
 from raylane.models.registry import resolve_local_path
 from raylane.storage import Storage
-from raylane.submit import status_text
 from tests.conftest import RayProject, S3Server, publish_corpus
 
 pytestmark = pytest.mark.integration

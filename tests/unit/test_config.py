@@ -8,6 +8,7 @@ import pytest
 
 from raylane.config import RaylaneConfig, env_overrides, json_schema, load_config, mask_url_password
 from raylane.errors import ConfigError
+from tests.conftest import clean_env, run_cli
 
 
 def test_embedded_defaults_live_under_the_project(tmp_path: Path):
@@ -61,9 +62,28 @@ def test_environment_overrides_the_file(tmp_path: Path):
     assert cfg.storage.root == "s3://other/root"
 
 
-def test_unknown_environment_setting_is_an_error():
-    with pytest.raises(ConfigError, match="RAYLANE_STORGE__ROOT"):
-        load_config(None, env={"RAYLANE_STORGE__ROOT": "s3://x"})
+def test_unknown_environment_variable_warns_with_the_closest_setting_and_is_ignored():
+    with pytest.warns(
+        UserWarning, match=r"RAYLANE_STORGE__ROOT: no such setting \(did you mean RAYLANE_STORAGE__ROOT\?\)"
+    ):
+        config = load_config(None, env={"RAYLANE_STORGE__ROOT": "s3://x"})
+    assert config.storage.root.startswith("file://")  # ignored, not half-applied
+    # A typo below the section is caught too, not only in the section's name.
+    with pytest.warns(UserWarning, match=r"RAYLANE_RAY__NUM_CPU: .*RAYLANE_RAY__NUM_CPUS"):
+        assert load_config(None, env={"RAYLANE_RAY__NUM_CPU": "4"}).ray.num_cpus != 4
+    with pytest.warns(UserWarning, match=r"did you mean RAYLANE_API_KEY"):  # control variables are known
+        load_config(None, env={"RAYLANE_KEY": "rl-secret"})
+
+
+def test_cli_runs_with_an_unknown_raylane_variable_and_says_so_in_one_line(tmp_path):
+    result = run_cli("config", "show", cwd=tmp_path, env=clean_env(RAYLANE_KEY="rl-not-a-setting"))
+    assert result.returncode == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if "RAYLANE_KEY" in line]
+    assert warning == [
+        "raylane: warning: ignoring environment variable RAYLANE_KEY: no such setting "
+        "(did you mean RAYLANE_API_KEY?)"
+    ]
+    assert "rl-not-a-setting" not in result.stderr + result.stdout  # a value may be a secret
 
 
 def test_control_variables_are_not_settings():

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from raylane.errors import ConfigError
-from raylane.jobrun import parse_result
-from raylane.submit import JobSpec, jobs_dir, load_job_spec
+from raylane.jobs.run import parse_result
+from raylane.jobs.spec import JobSpec, jobs_dir, load_job_spec
 from tests.conftest import REPO
 
 

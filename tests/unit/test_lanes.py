@@ -13,12 +13,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from raylane import cpugroups, lanes
-from raylane.batch.serving import BatchPolicy, answer
-from raylane.cluster import _pending_demand, _ray_start_command
+from raylane import lanes
+from raylane.cluster.connect import _pending_demand
+from raylane.cluster.head import _ray_start_command
 from raylane.config import RaylaneConfig, load_config
-from raylane.costs import job_costs, job_resources
-from raylane.serve.load import OnlineLoad
+from raylane.engine.batch import BatchPolicy, answer
+from raylane.engine.load import OnlineLoad
+from raylane.jobs.costs import job_costs
+from raylane.jobs.kinds import kind
+from raylane.lanes import cgroups
 from tests.conftest import (
     CPU_CGROUPS,
     autogroup_niceness,
@@ -72,11 +75,6 @@ def test_priorities_map_to_niceness_with_serving_on_top():
     }
     foreground = RaylaneConfig.model_validate({"lanes": {"train": {"background": False}}})
     assert not lanes.background(foreground, "train") and lanes.background(foreground, "batch")
-    assert (lanes.lane_of_job("docs"), lanes.lane_of_job("train"), lanes.lane_of_job("smoke")) == (
-        "etl",
-        "train",
-        None,
-    )
 
 
 def test_drivers_below_the_top_lane_renice_their_sessions_autogroup():
@@ -117,7 +115,7 @@ def test_the_environment_lanes_give_processes_is_not_read_as_settings():
 def test_lane_processes_join_their_lanes_cpu_group_and_the_groups_are_removed():
     """The groups get their lanes' weights; a background lane's process moves into its group (its
     children start there), the top lane's stays in the node's; removing them leaves nothing."""
-    root = cpugroups.create(f"raylane-unit-{os.getpid()}", lanes.cpu_groups(RaylaneConfig()))
+    root = cgroups.create(f"raylane-unit-{os.getpid()}", lanes.cpu_groups(RaylaneConfig()))
     assert root is not None and root.parent == CPU_CGROUPS / str(own_cpu_cgroup()).lstrip("/")
     report = (
         "import subprocess; from raylane.lanes import lower_priority; lower_priority(); "
@@ -137,7 +135,7 @@ def test_lane_processes_join_their_lanes_cpu_group_and_the_groups_are_removed():
         assert group_of_a_child("train", "17") == f"/{root.relative_to(CPU_CGROUPS)}/train"
         assert group_of_a_child("serve", "0") == own_cpu_cgroup()
     finally:
-        cpugroups.remove(root)
+        cgroups.remove(root)
     assert not root.exists()
 
 
@@ -216,7 +214,7 @@ def test_answer_runs_each_body_with_batch_priority_and_maps_errors():
 
 
 def test_batch_requests_wait_while_online_traffic_is_busy(monkeypatch: pytest.MonkeyPatch):
-    from raylane.serve import load as load_module
+    from raylane.engine import load as load_module
 
     busy = OnlineLoad()
     monkeypatch.setattr(load_module, "ONLINE", busy)
@@ -248,17 +246,21 @@ def test_a_partial_lanes_section_keeps_the_other_defaults():
     }
 
 
+def holds(config: RaylaneConfig, job: str, params: dict, cluster_cpus: float) -> tuple[float, float]:
+    return kind(job).validate_params(params).holds(config, cluster_cpus)
+
+
 def test_job_resources_are_what_each_job_holds():
     config = RaylaneConfig.model_validate({"lanes": {"etl": {"cpus": 1.5}}})
-    train = {"workers": 2, "cpus_per_worker": 0.5, "use_gpu": True, "gpus_per_worker": 1}
-    assert job_resources(config, "train", train, cluster_cpus=8) == (1.25, 2.0)
-    assert job_resources(config, "etl", {}, cluster_cpus=8) == (1.5, 0.0)  # the etl quota
-    assert job_resources(RaylaneConfig(), "docs", {}, cluster_cpus=8) == (8, 0.0)  # no quota: the cluster
-    assert job_resources(config, "batch", {}, cluster_cpus=8) == (0.0, 0.0)  # on serving replicas
+    train = {"dataset": "c", "workers": 2, "cpus_per_worker": 0.5, "use_gpu": True, "gpus_per_worker": 1}
+    assert holds(config, "train", train, cluster_cpus=8) == (1.25, 2.0)
+    assert holds(config, "corpus", {}, cluster_cpus=8) == (1.5, 0.0)  # the etl quota
+    assert holds(RaylaneConfig(), "docs", {}, cluster_cpus=8) == (8, 0.0)  # no quota: the cluster
+    assert holds(config, "batch", {"batch_id": "b"}, cluster_cpus=8) == (0.0, 0.0)  # on serving replicas
     dedicated = RaylaneConfig.model_validate(
         {"batch": {"engine": "dedicated", "num_cpus": 2, "concurrency": 2}}
     )
-    assert job_resources(dedicated, "batch", {}, cluster_cpus=8) == (4.0, 0.0)
+    assert holds(dedicated, "batch", {"batch_id": "b"}, cluster_cpus=8) == (4.0, 0.0)
     meta = {"raylane_job": "train", "raylane_lane": "train", "raylane_cpus": "1", "raylane_gpus": "0"}
     running = {"submission_id": "a", "status": "RUNNING", "start_time": 0, "end_time": None, "metadata": meta}
     foreign = {"submission_id": "b", "status": "SUCCEEDED", "start_time": 0, "end_time": 1, "metadata": {}}

@@ -10,13 +10,13 @@ import jsonschema
 import pytest
 import yaml
 
+from raylane.cluster.render import render, warnings
 from raylane.config import RaylaneConfig, load_config
-from raylane.render import render, warnings
 from tests.conftest import run_cli
 
 REPO = Path(__file__).parents[2]
 EXAMPLE = REPO / "cluster" / "raylane.cluster.yaml"
-CRDS = REPO.parent / "shared" / "kuberay-crds"
+CRDS = REPO / "tests" / "data" / "kuberay-crds"  # vendored from KubeRay: see its README
 CRD_FILES = {
     "RayCluster": "ray.io_rayclusters.yaml",
     "RayService": "ray.io_rayservices.yaml",
@@ -141,7 +141,13 @@ def test_jobs_run_on_the_shared_cluster_at_their_lane_priority(example):
     runtime_env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
     assert runtime_env["worker_process_setup_hook"] == "raylane.lanes.lower_priority"
     assert runtime_env["env_vars"]["RAYLANE_LANE_NICE"] == "17"
-    assert job["spec"]["metadata"]["raylane_lane"] == "train"
+    # Costed like any raylane job: `raylane usage --by job` reads what it holds from its metadata.
+    assert job["spec"]["metadata"] == {
+        "raylane_job": "train",
+        "raylane_lane": "train",
+        "raylane_cpus": "1.25",
+        "raylane_gpus": "0",
+    }
 
 
 def test_prometheus_monitors_scrape_the_metrics_port_kuberay_pods_expose(example):
@@ -222,11 +228,11 @@ def test_cli_writes_checks_and_refuses_unknown_targets(tmp_path):
         "render", "kuberay", "-c", str(EXAMPLE), "-o", str(tmp_path / "k"), "--check", cwd=tmp_path
     )
     assert fresh.returncode == 0 and "up to date" in fresh.stdout
-    (tmp_path / "k" / "ray-job.etl.yaml").write_text("edited by hand\n")
+    (tmp_path / "k" / "ray-job.corpus.yaml").write_text("edited by hand\n")
     stale = run_cli(
         "render", "kuberay", "-c", str(EXAMPLE), "-o", str(tmp_path / "k"), "--check", cwd=tmp_path
     )
-    assert stale.returncode == 1 and "ray-job.etl.yaml" in stale.stderr
+    assert stale.returncode == 1 and "ray-job.corpus.yaml" in stale.stderr
     unknown = run_cli("render", "helm", "-c", str(EXAMPLE), cwd=tmp_path)
     assert unknown.returncode == 2 and unknown.stderr.strip().count("\n") == 0 and "helm" in unknown.stderr
     local = run_cli("render", "launcher", "-o", str(tmp_path / "l"), cwd=tmp_path)  # embedded defaults

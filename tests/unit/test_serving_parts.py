@@ -11,11 +11,11 @@ import pytest
 
 from raylane.config import ModelConfig, RaylaneConfig
 from raylane.db import KeyInfo, MetadataStore
+from raylane.engine.options import engine_settings
 from raylane.errors import AuthenticationError, InvalidRequestError
 from raylane.serve.deploy import base_url, parse_model_flag, with_models
 from raylane.serve.gateway import KeyCache, _bearer, _route_path, apply_token_cap
 from raylane.serve.limits import SlidingWindow
-from raylane.serve.options import engine_settings
 from raylane.serve.sse import UsageTap
 
 

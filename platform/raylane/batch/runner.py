@@ -29,9 +29,9 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import Field
 
 from raylane import lanes
 from raylane.batch.requests import Collector, is_success, plan
@@ -41,16 +41,27 @@ from raylane.batch.serving import serving_outputs
 from raylane.batch.store import BatchStore
 from raylane.config import ModelConfig, RaylaneConfig
 from raylane.db import BatchRecord, MetadataStore
+from raylane.jobs.kinds import Holdings, JobParams
 from raylane.metrics import batch_metrics
 from raylane.storage import Storage
 
 MAP_CPUS = 0.25
 
 
-class BatchJobParams(BaseModel):
+class BatchJobParams(JobParams):
     """What a batch job needs: the batch's id (everything else is in its record)."""
 
-    batch_id: str
+    batch_id: str = Field(description="The batch to run (batch_...).")
+    engine: Literal["serving", "dedicated"] | None = Field(
+        None, description="The batch's engine; unset: batch.engine."
+    )
+
+    def holds(self, config: RaylaneConfig, cluster_cpus: float) -> Holdings:
+        """A dedicated engine's bundles; nothing on the serving engine (the serve lane's replicas)."""
+        if (self.engine or config.batch.engine) == "serving":
+            return 0.0, 0.0
+        replicas = config.batch.concurrency
+        return replicas * config.batch.num_cpus, replicas * config.batch.num_gpus
 
 
 def run_batch(config: RaylaneConfig, params: BatchJobParams) -> dict[str, Any]:
@@ -189,7 +200,7 @@ def _engine_outputs(
     import ray
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-    from raylane.serve.options import engine_settings
+    from raylane.engine.options import engine_settings
 
     batch = config.batch
     settings = engine_settings(model, max_ongoing_requests=batch.batch_size)
@@ -277,7 +288,7 @@ def _summary(record: BatchRecord) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of a batch's Ray job."""
-    from raylane.jobrun import execute
+    from raylane.jobs.run import execute
 
     parser = argparse.ArgumentParser(description="Run one batch of the OpenAI Batch API.")
     parser.add_argument("--batch-id", required=True)

@@ -19,14 +19,10 @@ Example (needs a running cluster for the job):
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
-import raylane
-from raylane import lanes
 from raylane.batch.results import file_path, finalize
 from raylane.batch.schema import (
     COMPLETION_WINDOWS,
@@ -41,7 +37,6 @@ from raylane.batch.schema import (
 )
 from raylane.batch.store import ACTIVE_STATUSES, BatchStore, new_id
 from raylane.config import RaylaneConfig
-from raylane.costs import job_resources
 from raylane.db import BatchRecord, KeyInfo, MetadataStore
 from raylane.errors import InvalidRequestError, PayloadTooLargeError
 from raylane.storage import Storage
@@ -253,34 +248,24 @@ class BatchService:
             logger.warning("batch %s: submitting %s failed: %s", record.id, job_id, exc)
 
     def _submit(self, record: BatchRecord, job_id: str) -> None:
-        lane_env = lanes.job_runtime_env(self.config, "batch")  # batch runs at its lane's niceness
+        from raylane.batch.runner import BatchJobParams
+        from raylane.jobs.kinds import kind
+        from raylane.jobs.submission import submission
+
         engine = engine_kind(record.engine, self.config.batch.engine)
-        cpus, gpus = job_resources(self.config, "batch", {"engine": engine}, cluster_cpus=0)
-        self._jobs().submit_job(
+        submission(
+            self.config,
+            kind("batch"),
+            BatchJobParams.model_validate({"batch_id": record.id, "engine": engine}),
+            job_id,
             entrypoint=f"python -m raylane.batch.runner --batch-id {record.id}",
-            submission_id=job_id,
-            runtime_env={
-                **lane_env,
-                "py_modules": [str(Path(raylane.__file__).parent)],
-                "env_vars": {
-                    **lane_env["env_vars"],
-                    "RAYLANE_CONFIG_JSON": json.dumps(self.config.job_dict()),
-                },
-            },
-            entrypoint_num_cpus=0,
-            metadata={
-                "raylane_job": "batch",
-                "raylane_lane": "batch",
-                "batch_id": record.id,
-                "raylane_cpus": f"{cpus:g}",
-                "raylane_gpus": f"{gpus:g}",
-            },
-        )
+            metadata={"batch_id": record.id},
+        ).submit(self._jobs())
 
     def _jobs(self) -> Any:
         if self._job_client is None:
-            from raylane.cluster import dashboard_url
-            from raylane.submit import job_client
+            from raylane.cluster.connect import dashboard_url
+            from raylane.jobs.client import job_client
 
             self._job_client = job_client(dashboard_url(self.config))
         return self._job_client
@@ -288,7 +273,7 @@ class BatchService:
     def _job_status(self, job_id: str | None) -> str:
         if not job_id:
             return "MISSING"
-        from raylane.submit import status_text
+        from raylane.jobs.client import status_text
 
         try:
             return status_text(self._jobs().get_job_status(job_id))

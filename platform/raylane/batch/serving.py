@@ -2,19 +2,10 @@
 
 With ``batch.engine: serving`` (the default) a batch job sends its requests to the model's Serve
 deployment over a handle, ``batch.batch_size`` requests per call and up to
-``batch.max_concurrent_batches`` calls at a time. The replica runs every request through the
-same vLLM OpenAI layer as online traffic (:func:`answer`, which ``ModelServer.run_batch`` calls),
-so a batch pays no engine start-up and its response bodies are exactly what the online endpoint
-would have answered. Batch yields to online traffic twice over:
-
-* each batch request waits to start while the replica's online traffic is busy (more than
-  ``batch.online_busy_requests`` online requests in flight, now or in the last
-  ``batch.online_calm_s`` seconds, or a recent time to first byte over
-  ``batch.online_busy_ttfb_ms``; see :mod:`raylane.serve.load`), so batch pauses until serving
-  has recovered;
-* inside the engine, batch requests carry vLLM priority ``batch.priority`` (online ones carry 0;
-  serving engines run with ``scheduling_policy=priority``), so online requests are scheduled
-  first and batch ones are the first preempted when the KV cache runs short.
+``batch.max_concurrent_batches`` calls at a time. The replica answers each call with
+:func:`raylane.engine.batch.answer`, which runs every request through the same vLLM OpenAI layer
+as online traffic, after online traffic, so a batch pays no engine start-up and its response
+bodies are exactly what the online endpoint would have answered.
 
 Example (driver side, inside a batch job):
     >>> for lines in serving_outputs(config, record, todo):        # doctest: +SKIP
@@ -23,113 +14,18 @@ Example (driver side, inside a batch job):
 
 from __future__ import annotations
 
-import asyncio
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from typing import Any
 
 from raylane.batch.requests import error_line, response_line
 from raylane.batch.schema import BatchLine
 from raylane.config import RaylaneConfig
 from raylane.db import BatchRecord
+from raylane.engine.admission import apply_token_cap
+from raylane.engine.batch import BatchPolicy
+from raylane.engine.options import deployment_name
 from raylane.errors import RaylaneError
-
-ENGINE_METHODS = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "completions",
-    "/v1/embeddings": "embeddings",
-}
-GENERATING = {"/v1/chat/completions", "/v1/completions"}  # endpoints whose requests take a priority
-EngineCall = Callable[[str, Any], Awaitable[AsyncIterator[Any]]]  # (method, request) -> responses
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    """How batch requests yield to online ones on a serving replica (from ``batch:``)."""
-
-    priority: int
-    online_busy_requests: int | None
-    online_busy_ttfb_ms: float | None
-    online_calm_s: float = 0.0
-
-    @classmethod
-    def of(cls, config: RaylaneConfig) -> BatchPolicy:
-        batch = config.batch
-        return cls(batch.priority, batch.online_busy_requests, batch.online_busy_ttfb_ms, batch.online_calm_s)
-
-
-# -- on the replica ----------------------------------------------------------------------------
-
-
-async def answer(
-    engine_call: EngineCall, endpoint: str, bodies: Sequence[dict[str, Any]], policy: BatchPolicy
-) -> list[dict[str, Any]]:
-    """Run request bodies through a Ray ``LLMServer``'s engine; one response per body, in order.
-
-    ``engine_call(method, request)`` is the server's ``chat``/``completions``/``embeddings``. Each
-    response is ``{"status_code", "request_id", "body"}`` as the batch output line holds it: the
-    engine's own body, or its OpenAI error body with the error's code as the status.
-    """
-    return list(await asyncio.gather(*(_answer_one(engine_call, endpoint, body, policy) for body in bodies)))
-
-
-async def _answer_one(
-    engine_call: EngineCall, endpoint: str, body: dict[str, Any], policy: BatchPolicy
-) -> dict[str, Any]:
-    from pydantic import ValidationError
-
-    from raylane.serve.load import ONLINE
-
-    request_id = "req_" + secrets.token_hex(12)
-    # An explicit request_id: one Serve call carries many requests, and vLLM needs each unique.
-    fields = {**body, "request_id": request_id}
-    if endpoint in GENERATING:
-        fields["priority"] = policy.priority
-    try:
-        request = _request_type(endpoint, body).model_validate(fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or None
-        message = f"{where}: {first['msg']}" if where else first["msg"]
-        return _error(request_id, 400, message, where)
-    await ONLINE.wait_until_calm(
-        max_requests=policy.online_busy_requests,
-        max_ttfb_ms=policy.online_busy_ttfb_ms,
-        calm_s=policy.online_calm_s,
-    )
-    response = None
-    async for item in await engine_call(ENGINE_METHODS[endpoint], request):
-        response = item
-    if response is None:
-        return _error(request_id, 500, "The engine returned no response.", None)
-    dumped = response.model_dump(mode="json")
-    if "error" in dumped:
-        return {
-            "status_code": int(dumped["error"].get("code") or 400),
-            "request_id": request_id,
-            "body": dumped,
-        }
-    return {"status_code": 200, "request_id": request_id, "body": dumped}
-
-
-def _request_type(endpoint: str, body: dict[str, Any]) -> Any:
-    from ray.llm._internal.serve.core.configs import openai_api_models as models
-
-    if endpoint == "/v1/chat/completions":
-        return models.ChatCompletionRequest
-    if endpoint == "/v1/completions":
-        return models.CompletionRequest
-    return models.EmbeddingChatRequest if "messages" in body else models.EmbeddingCompletionRequest
-
-
-def _error(request_id: str, status: int, message: str, param: str | None) -> dict[str, Any]:
-    line = error_line("", status, message, param=param)["response"]
-    return {**line, "request_id": request_id}
-
-
-# -- in the batch job's driver -----------------------------------------------------------------
 
 
 def serving_outputs(
@@ -142,9 +38,6 @@ def serving_outputs(
     calls still in flight.
     """
     from ray import serve
-
-    from raylane.serve.gateway import apply_token_cap
-    from raylane.serve.options import deployment_name
 
     cap = record.engine.get("max_tokens_cap")
     runnable: list[tuple[BatchLine, dict[str, Any]]] = []

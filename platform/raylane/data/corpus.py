@@ -48,6 +48,7 @@ from raylane.data.packing import DOCUMENT_SEPARATOR, TOKENIZER_FILES, load_token
 from raylane.data.samples import write_sample_corpus
 from raylane.data.text import QualityRules, normalize_text
 from raylane.errors import ConfigError
+from raylane.jobs.kinds import Holdings, JobParams, lane_or_cluster_cpus
 from raylane.storage import Storage, next_version
 
 SPLIT_BUCKETS = 10_000
@@ -92,10 +93,8 @@ class TokenizerParams(BaseModel):
     separator: str = Field(DOCUMENT_SEPARATOR, description="Token placed between packed documents.")
 
 
-class CorpusParams(BaseModel):
-    """Parameters of the corpus pipeline (``params:`` in jobs/etl.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
+class CorpusParams(JobParams):
+    """Parameters of the corpus pipeline (``params:`` in jobs/corpus.yaml)."""
 
     input: str = Field("corpus/raw", description="Folder (or file) of .txt/.md/.jsonl/.parquet input: "
                        "root-relative, file:// or s3://.")  # fmt: skip
@@ -114,6 +113,10 @@ class CorpusParams(BaseModel):
         0.2, ge=0, le=1, description="Fail (publish nothing) when more inputs than this fail to read."
     )
     cpus_per_task: float = Field(1.0, gt=0, description="Logical CPUs each prepare/pack task holds.")
+
+    def holds(self, config: RaylaneConfig, cluster_cpus: float) -> Holdings:
+        """What the etl lane (or the cluster) offers: Ray Data spreads over it."""
+        return lane_or_cluster_cpus(config, "etl", cluster_cpus), 0.0
 
 
 @dataclass(frozen=True)

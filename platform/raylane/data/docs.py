@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from raylane import lanes
 from raylane.config import RaylaneConfig
@@ -32,15 +32,14 @@ from raylane.data.embed import BUNDLED_MODEL, Embedder, resolve_model
 from raylane.data.extract import DOCUMENT_SUFFIXES, Document, extract
 from raylane.data.samples import write_sample_documents
 from raylane.data.text import normalize_text
+from raylane.jobs.kinds import Holdings, JobParams, lane_or_cluster_cpus
 from raylane.storage import Storage, next_version
 
 CHUNKS_DIR = "chunks"
 
 
-class DocsParams(BaseModel):
+class DocsParams(JobParams):
     """Parameters of the document pipeline (``params:`` in jobs/docs.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     input: str = Field("docs/raw", description="Folder (or file) of .html/.md/.txt/.pdf documents: "
                        "root-relative, file:// or s3://.")  # fmt: skip
@@ -60,6 +59,10 @@ class DocsParams(BaseModel):
     max_error_fraction: float = Field(0.2, ge=0, le=1, description="Fail (publish nothing) above this "
                                       "share of failed inputs.")  # fmt: skip
     cpus_per_task: float = Field(1.0, gt=0, description="Logical CPUs each chunking task holds.")
+
+    def holds(self, config: RaylaneConfig, cluster_cpus: float) -> Holdings:
+        """What the etl lane (or the cluster) offers, and the embedding actors' GPUs."""
+        return lane_or_cluster_cpus(config, "etl", cluster_cpus), self.embed_actors * self.embed_gpus
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> DocsParams:

@@ -25,11 +25,11 @@ from ray import serve
 from ray.serve.llm import build_llm_deployment
 
 from raylane.config import ModelConfig, RaylaneConfig, load_serving_config
+from raylane.engine.options import DEPLOYMENT_PREFIX
 from raylane.errors import ConfigError
 from raylane.serve.engines import ModelServer, llm_config_for, resolve_model_source
 from raylane.serve.gateway import Gateway
 from raylane.serve.hardening import bind_replica_grpc_to_node_ip
-from raylane.serve.options import DEPLOYMENT_PREFIX
 
 
 def build_app(args: RaylaneConfig | dict[str, Any] | None = None) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from raylane import cluster
+from raylane.cluster import connect
 from raylane.config import RaylaneConfig, describe_validation_error, is_model_path, read_yaml_mapping
 from raylane.errors import ClusterError, ConfigError, InvalidRequestError, NotFoundError
 
@@ -79,14 +79,14 @@ def base_url(config: RaylaneConfig) -> str:
     """
     if config.serve.public_url:
         return config.serve.public_url.rstrip("/")
-    root = cluster.local_urls(config)["serve"] + config.serve.route_prefix.rstrip("/")
+    root = connect.local_urls(config)["serve"] + config.serve.route_prefix.rstrip("/")
     return f"{root}/v1"
 
 
 def _client(config: RaylaneConfig) -> Any:
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-    return ServeSubmissionClient(cluster.require_cluster(config))
+    return ServeSubmissionClient(connect.require_cluster(config))
 
 
 def _details(client: Any) -> dict[str, Any]:

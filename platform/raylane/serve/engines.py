@@ -10,7 +10,7 @@ Ray's vLLM wrapper as is; :class:`ModelServer` only adds two things:
 * :meth:`ModelServer.run_batch` takes a batch job's requests, many per Serve call, at a lower vLLM
   priority than online traffic (see :mod:`raylane.batch.serving`).
 
-The mapping from ``models:`` entries to ``LLMConfig`` fields is :mod:`raylane.serve.options`.
+The mapping from ``models:`` entries to ``LLMConfig`` fields is :mod:`raylane.engine.options`.
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ from typing import Any
 
 from ray.serve.llm import LLMConfig, LLMServer
 
-from raylane import lane_metrics, lanes
-from raylane.batch.serving import BatchPolicy, answer
+from raylane import lanes
 from raylane.config import ModelConfig, RaylaneConfig, load_serving_config
+from raylane.engine.batch import BatchPolicy, answer
+from raylane.engine.load import ONLINE
+from raylane.engine.options import engine_settings
+from raylane.lanes import metrics as lane_metrics
 from raylane.serve.gateway import Gateway
 from raylane.serve.hardening import bind_replica_grpc_to_node_ip
-from raylane.serve.load import ONLINE
-from raylane.serve.options import engine_settings
 
 
 def llm_config_for(model: ModelConfig, config: RaylaneConfig, local_path: str) -> LLMConfig:

@@ -11,7 +11,7 @@ in-process: the fast path) and the multi-model router. For every request it:
 4. applies the key's requests/tokens-per-minute limits (429 with ``Retry-After``);
 5. asks the engine for usage on streams (and hides it again if the client did not ask);
 6. records key, model, tokens, latency and status in the usage ledger and in the metrics, and
-   counts engine requests in this process's online load (:mod:`raylane.serve.load`).
+   counts engine requests in this process's online load (:mod:`raylane.engine.load`).
 
 Errors it raises itself use the OpenAI envelope; errors from the app pass through untouched.
 """
@@ -28,6 +28,8 @@ from typing import Any
 from raylane import batch
 from raylane.config import RaylaneConfig, load_serving_config
 from raylane.db import KeyInfo, MetadataStore, hash_secret
+from raylane.engine.admission import apply_token_cap
+from raylane.engine.load import ONLINE
 from raylane.errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -37,7 +39,6 @@ from raylane.errors import (
     RaylaneError,
 )
 from raylane.serve.ledger import UsageLedger
-from raylane.serve.load import ONLINE
 from raylane.serve.sse import UsageTap
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,6 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 
 PUBLIC_PATHS = frozenset({"/health", "/ping", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
-TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
 # Online requests that run on an engine: counted in ONLINE so that batch work can yield to them.
 ENGINE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 NEGATIVE_CACHE_LIMIT = 10_000
@@ -427,32 +427,6 @@ def _bearer(scope: Scope) -> str | None:
 
 def _model_not_found(model: str) -> NotFoundError:
     return NotFoundError(f"The model `{model}` does not exist.", param="model", code="model_not_found")
-
-
-def apply_token_cap(body: dict[str, Any], cap: int | None) -> bool:
-    """Enforce a key's max_tokens cap on a request body; returns whether the body changed.
-
-    Online requests and batch lines go through the same rule.
-
-    Example:
-        >>> body = {"messages": []}
-        >>> apply_token_cap(body, 64), body["max_tokens"]
-        (True, 64)
-    """
-    if cap is None or "input" in body and "messages" not in body and "prompt" not in body:
-        return False  # no cap, or an embeddings request (nothing is generated)
-    asked = [(name, body[name]) for name in TOKEN_FIELDS if body.get(name) is not None]
-    for name, value in asked:
-        if isinstance(value, int) and value > cap:
-            raise InvalidRequestError(
-                f"{name}={value} is above this key's limit of {cap}.",
-                param=name,
-                code="max_tokens_exceeded",
-            )
-    if asked:
-        return False
-    body["max_tokens"] = cap
-    return True
 
 
 async def _read_body(receive: Any, limit: int) -> bytes:

@@ -8,17 +8,17 @@ Example:
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from raylane.config import RaylaneConfig
+from raylane.jobs.kinds import Holdings, JobParams
 from raylane.train.presets import PRESETS
 
 READ_CPUS = 0.25  # what each read task of the train split asks (small, so reads stream beside workers)
 
 
-class TrainParams(BaseModel):
+class TrainParams(JobParams):
     """What to train, on what, how, and where the result goes."""
-
-    model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field(description="Packed corpus dataset from the ETL lane: NAME or NAME@vN.")
     preset: str = Field("tiny", description=f"Model size when training from scratch: {', '.join(PRESETS)}.")
@@ -53,6 +53,11 @@ class TrainParams(BaseModel):
     )
     gpus_per_worker: float = Field(1.0, gt=0, le=8, description="GPUs per worker when use_gpu (0.5 shares).")
     max_failures: int = Field(3, ge=0, description="Worker failures survived by resuming from a checkpoint.")
+
+    def holds(self, config: RaylaneConfig, cluster_cpus: float) -> Holdings:
+        """Its workers, plus a read task of the train split."""
+        gpus = self.workers * self.gpus_per_worker if self.use_gpu else 0.0
+        return self.workers * self.cpus_per_worker + READ_CPUS, gpus
 
     @model_validator(mode="after")
     def _check(self) -> TrainParams:

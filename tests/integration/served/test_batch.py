@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from raylane.db import BatchRecord, MetadataStore
-from raylane.submit import status_text
+from raylane.jobs.client import status_text
 from tests.conftest import RayProject
 from tests.integration.served.conftest import Deployment
 

@@ -34,7 +34,7 @@ from ray.job_submission import JobSubmissionClient
 
 from raylane import lanes, monitoring
 from raylane.config import load_config
-from raylane.submit import status_text
+from raylane.jobs.client import status_text
 from tests.conftest import REPO, SESSION_LANES, RayProject, autogroup_niceness, http_get, may_make_cpu_cgroups
 from tests.integration.served.conftest import Deployment
 

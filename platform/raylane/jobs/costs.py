@@ -2,8 +2,8 @@
 
 When raylane submits a job it records, in the job's Ray metadata, the lane and the logical CPUs
 and GPUs the job holds while it runs (``raylane_cpus``/``raylane_gpus``, from
-:func:`job_resources`). `raylane usage --by job` multiplies them by the job's runtime as Ray
-reports it; `--by lane` adds them up per lane. Tokens per key stay in the usage ledger
+:meth:`raylane.jobs.kinds.JobParams.holds`). `raylane usage --by job` multiplies them by the
+job's runtime as Ray reports it; `--by lane` adds them up per lane. Tokens per key stay in the usage ledger
 (`raylane usage --by key`).
 
 Example:
@@ -20,35 +20,6 @@ from __future__ import annotations
 
 import time
 from typing import Any
-
-from raylane.config import RaylaneConfig
-from raylane.train.params import READ_CPUS
-
-
-def job_resources(
-    config: RaylaneConfig, job: str, params: dict[str, Any], cluster_cpus: float
-) -> tuple[float, float]:
-    """Logical (CPUs, GPUs) a raylane job holds while it runs.
-
-    Training holds its workers (plus a read task); a dedicated batch engine its bundle; ETL and
-    document jobs spread over what they may use: the etl lane's quota, else the whole cluster.
-    """
-    if job == "train":
-        workers = int(params.get("workers", 1))
-        cpus = workers * float(params.get("cpus_per_worker", 1)) + READ_CPUS
-        gpus = workers * float(params.get("gpus_per_worker", 1)) if params.get("use_gpu") else 0.0
-        return cpus, gpus
-    if job in ("etl", "docs"):
-        lane = config.lanes.get("etl")
-        return (lane.cpus if lane and lane.cpus is not None else cluster_cpus), float(
-            params.get("embed_gpus", 0)
-        )
-    if job == "batch":
-        if params.get("engine", config.batch.engine) == "serving":
-            return 0.0, 0.0  # the requests run on serving replicas (the serve lane's resources)
-        replicas = config.batch.concurrency
-        return replicas * config.batch.num_cpus, replicas * config.batch.num_gpus
-    return 0.0, 0.0
 
 
 def job_costs(jobs: list[dict[str, Any]], now: float | None = None) -> list[dict[str, Any]]:

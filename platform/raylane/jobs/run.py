@@ -1,6 +1,6 @@
 """The shared main() of job scripts in ``jobs/``: parse ``--config``, validate, connect, run, exit.
 
-Job scripts stay thin (``jobs/smoke.py`` is three lines) and behave the same under ``raylane submit``
+Job scripts stay thin (``jobs/smoke.py`` is ``run_job("smoke")``) and behave the same under ``raylane submit``
 and plain ``ray job submit``: bad params exit 2 with one line before any Ray work starts, a
 :class:`RaylaneError` exits with its own code, and the result is printed as one JSON line prefixed
 with ``RAYLANE_RESULT`` so tools can pick it out of the logs.
@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from raylane.config import RaylaneConfig, describe_validation_error, load_config, read_yaml_mapping
 from raylane.errors import ConfigError, RaylaneError
+from raylane.jobs.kinds import kind
 
 P = TypeVar("P", bound=BaseModel)
 RESULT_PREFIX = "RAYLANE_RESULT "
@@ -46,15 +47,14 @@ def load_params(model: type[P], config_path: str) -> P:
         raise ConfigError(f"{config_path}: params: {describe_validation_error(exc)}") from None
 
 
-def run_job(
-    model: type[P], run: Callable[[RaylaneConfig, P], dict[str, Any]], argv: Sequence[str] | None = None
-) -> None:
-    """Main of a job script; never returns."""
+def run_job(kind_name: str, argv: Sequence[str] | None = None) -> None:
+    """Main of the job script of one kind (``jobs/<kind>.py``); never returns."""
+    job_kind = kind(kind_name)
 
-    def params() -> P:
-        return load_params(model, parse_args(argv).config)
+    def params() -> BaseModel:
+        return load_params(job_kind.params_model(), parse_args(argv).config)
 
-    execute(params, run)
+    execute(params, job_kind.run_function())
 
 
 def execute(params: Callable[[], P], run: Callable[[RaylaneConfig, P], dict[str, Any]]) -> None:
@@ -65,7 +65,7 @@ def execute(params: Callable[[], P], run: Callable[[RaylaneConfig, P], dict[str,
     try:
         job_params = params()
         config = load_config()
-        from raylane.cluster import apply_ray_env
+        from raylane.cluster.connect import apply_ray_env
 
         apply_ray_env(config)
         import ray

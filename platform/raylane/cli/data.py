@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from raylane.cli_common import ConfigOption, JsonOption, fmt_time, load, out
+from raylane.cli.common import ConfigOption, JsonOption, fmt_time, load, out
 from raylane.data import DATASETS_PREFIX
 
 datasets_app = typer.Typer(help="Datasets published by the ETL lane.", no_args_is_help=True)

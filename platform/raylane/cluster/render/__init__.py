@@ -9,7 +9,7 @@ Example:
     >>> from raylane.config import RaylaneConfig
     >>> files = render(RaylaneConfig(), "kuberay")
     >>> sorted(files)  # doctest: +NORMALIZE_WHITESPACE
-    ['prometheus-monitors.yaml', 'ray-cluster.cpu.yaml', 'ray-cluster.gpu.yaml', 'ray-job.etl.yaml',
+    ['prometheus-monitors.yaml', 'ray-cluster.cpu.yaml', 'ray-cluster.gpu.yaml', 'ray-job.corpus.yaml',
      'ray-job.train.yaml', 'ray-service.raylane.yaml']
 """
 
@@ -28,11 +28,11 @@ TARGETS: tuple[Target, ...] = ("kuberay", "launcher")
 def render(config: RaylaneConfig, target: Target) -> dict[str, str]:
     """The files of ``target`` as ``{file name: YAML text}``."""
     if target == "kuberay":
-        from raylane.render.kuberay import render_kuberay
+        from raylane.cluster.render.kuberay import render_kuberay
 
         return render_kuberay(config)
     if target == "launcher":
-        from raylane.render.launcher import render_launcher
+        from raylane.cluster.render.launcher import render_launcher
 
         return render_launcher(config)
     raise ConfigError(f"unknown render target {target!r}: use one of {', '.join(TARGETS)}")

@@ -15,25 +15,28 @@ import time
 from collections import Counter
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from raylane.config import RaylaneConfig
 from raylane.errors import NotFoundError
+from raylane.jobs.kinds import Holdings, JobParams, lane_or_cluster_cpus
 from raylane.storage import Storage, next_version
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
 
 
-class SmokeParams(BaseModel):
+class SmokeParams(JobParams):
     """Parameters of the smoke job (``params:`` in jobs/smoke.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     input: str = Field("smoke/input", description="Folder of .txt files, root-relative or a full URI.")
     output: str = Field("smoke/wordcount", description="Dataset name the counts are published under.")
     files: int = Field(4, ge=1, le=1000, description="Sample files written when `input` is empty.")
     lines_per_file: int = Field(500, ge=1, description="Lines per sample file.")
     generate: bool = Field(True, description="Write the sample when `input` has no .txt files.")
+
+    def holds(self, config: RaylaneConfig, cluster_cpus: float) -> Holdings:
+        """What the etl lane (or the cluster) offers: Ray Data spreads over it."""
+        return lane_or_cluster_cpus(config, "etl", cluster_cpus), 0.0
 
 
 def sample_lines(file_index: int, lines: int) -> list[str]:

@@ -23,7 +23,7 @@ import typer
 from rich.table import Table
 
 from raylane.batch.schema import ENDPOINTS, TERMINAL_STATUSES
-from raylane.cli_common import ConfigOption, JsonOption, err, fmt_time, load, out
+from raylane.cli.common import ConfigOption, JsonOption, err, fmt_time, load, out
 from raylane.errors import (
     AuthenticationError,
     InvalidRequestError,

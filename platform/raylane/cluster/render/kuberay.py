@@ -8,7 +8,7 @@
 * ``ray-service.raylane.yaml``: serving managed by KubeRay: ``raylane.serve:build_app`` with the
   config's models in ``serveConfigV2``, zero-downtime upgrades (a new cluster is readied before
   traffic moves; a models-only change updates the Serve app in place).
-* ``ray-job.etl.yaml`` / ``ray-job.train.yaml``: raylane's jobs submitted by KubeRay to the shared
+* ``ray-job.corpus.yaml`` / ``ray-job.train.yaml``: raylane's jobs submitted by KubeRay to the shared
   cluster (``clusterSelector``), at their lane's priority.
 * ``prometheus-monitors.yaml``: a ServiceMonitor (head) and a PodMonitor (workers) for the
   Prometheus operator, scraping Ray's metrics port (raylane's metrics included).
@@ -21,8 +21,7 @@ from typing import Any
 import yaml
 
 from raylane import lanes
-from raylane.config import NodeGroupConfig, RaylaneConfig
-from raylane.render.common import (
+from raylane.cluster.render.common import (
     CLIENT_PORT,
     DASHBOARD_PORT,
     GCS_PORT,
@@ -36,10 +35,13 @@ from raylane.render.common import (
     ray_version,
     to_yaml,
 )
+from raylane.config import NodeGroupConfig, RaylaneConfig
+from raylane.jobs.spec import jobs_dir, load_job_spec
+from raylane.jobs.submission import submission
 
 API_VERSION = "ray.io/v1"
 # Jobs KubeRay submits, and the lane each runs in (their configs are jobs/<name>.yaml in the image).
-KUBERAY_JOBS = ("etl", "train")
+KUBERAY_JOBS = ("corpus", "train")
 CONFIG_KEY = "raylane.json"
 
 
@@ -236,18 +238,30 @@ def ray_service(config: RaylaneConfig) -> dict[str, Any]:
 
 
 def ray_job(config: RaylaneConfig, job: str) -> dict[str, Any]:
-    """A RayJob running ``jobs/<job>.py`` (baked into the image) on the shared cluster."""
-    lane = lanes.JOB_LANES[job]
-    runtime_env = lanes.job_runtime_env(config, lane)
+    """A RayJob running ``jobs/<job>.py`` with ``jobs/<job>.yaml`` (baked into the image) on the
+    shared cluster, submitted like any raylane job (:func:`raylane.jobs.submission.submission`)."""
+    spec = load_job_spec(jobs_dir() / f"{job}.yaml")
+    kind = spec.kind
+    hosting = [g for g in config.cluster.worker_groups if kind.lane in g.lanes]
+    sub = submission(
+        config,
+        kind,
+        spec.validated_params(),
+        f"{config.cluster.name}-{job}",
+        entrypoint=f"python {HOME}/jobs/{job}.py --config {HOME}/jobs/{job}.yaml",
+        cluster_cpus=sum(g.cpus * g.max_replicas for g in hosting),
+        runtime_env=spec.runtime_env,
+        ship=False,  # the image carries raylane, and the ConfigMap the config
+    )
     return {
         "apiVersion": API_VERSION,
         "kind": "RayJob",
-        "metadata": _metadata(config, f"{config.cluster.name}-{job}", "ray-job"),
+        "metadata": _metadata(config, sub.job_id, "ray-job"),
         "spec": {
             "clusterSelector": {"ray.io/cluster": config.cluster.name},
-            "entrypoint": f"python {HOME}/jobs/{job}.py --config {HOME}/jobs/{job}.yaml",
-            "runtimeEnvYAML": yaml.safe_dump(runtime_env, sort_keys=True),
-            "metadata": {"raylane_job": job, "raylane_lane": lane},
+            "entrypoint": sub.entrypoint,
+            "runtimeEnvYAML": yaml.safe_dump(sub.runtime_env, sort_keys=True),
+            "metadata": sub.metadata,
             "submitterPodTemplate": {
                 "spec": {
                     "restartPolicy": "Never",

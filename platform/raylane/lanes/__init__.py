@@ -50,8 +50,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-from raylane import cpugroups
 from raylane.config import LaneName, RaylaneConfig
+from raylane.lanes import cgroups
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,6 @@ AUTOGROUP_SWITCH = Path("/proc/sys/kernel/sched_autogroup_enabled")
 OWN_AUTOGROUP = Path("/proc/self/autogroup")  # writing a niceness renices this process's session
 MILLI = 1000  # lane resources count thousandths of a CPU/GPU
 LANE_RESOURCE = re.compile(r"lane_(?P<lane>[a-z]+)_m(?P<kind>cpu|gpu)")
-# Which lane each raylane job runs in (the ``job:`` of its jobs/*.yaml).
-JOB_LANES: dict[str, LaneName] = {"etl": "etl", "docs": "etl", "train": "train", "batch": "batch"}
 
 
 def resource_name(lane: str, kind: str) -> str:
@@ -241,7 +239,7 @@ def lower_priority(session: Literal["shared", "own"] = "shared") -> None:
     target = os.environ.get(NICE_ENV)
     groups, lane = os.environ.get(CPU_GROUPS_ENV), os.environ.get(LANE_ENV)
     if groups and lane:
-        cpugroups.join(Path(groups), lane)  # the top lane has no group: it stays with the node
+        cgroups.join(Path(groups), lane)  # the top lane has no group: it stays with the node
     if target and int(target) > os.nice(0):
         os.nice(int(target) - os.nice(0))
     if target and int(target) > WORKER_NICENESS and session == "own":
@@ -280,11 +278,6 @@ def autogroups_enabled() -> bool:
         return AUTOGROUP_SWITCH.read_text().strip() == "1"
     except OSError:
         return False  # not Linux, or a kernel built without autogroups
-
-
-def lane_of_job(job: str | None) -> LaneName | None:
-    """The lane a raylane job (its ``raylane_job`` metadata) runs in, if any."""
-    return JOB_LANES.get(job or "")
 
 
 def usage_report(

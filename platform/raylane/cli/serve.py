@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from raylane.cli_common import ConfigOption, JsonOption, err, load, out
+from raylane.cli.common import ConfigOption, JsonOption, err, load, out
 from raylane.serve import deploy as serving
 
 serve_app = typer.Typer(help="Deploy, inspect and remove the OpenAI-compatible API.", no_args_is_help=True)

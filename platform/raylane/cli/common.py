@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from raylane import cluster
+from raylane.cluster.connect import apply_ray_env
 from raylane.config import RaylaneConfig, load_config
+from raylane.errors import InvalidRequestError
+
+if TYPE_CHECKING:  # imported where used: every CLI command would load SQLAlchemy otherwise
+    from raylane.db import MetadataStore
 
 # Wide enough for ids when piped (rich assumes 80 columns without a terminal).
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -29,7 +34,7 @@ def load(config_path: Path | None, **overrides: Any) -> RaylaneConfig:
     config = load_config(config_path)
     if any(v is not None for v in overrides.values()):
         config = config.with_overrides(**overrides)
-    cluster.apply_ray_env(config)
+    apply_ray_env(config)
     return config
 
 
@@ -41,3 +46,27 @@ def fmt_time(seconds: float | None) -> str:
         '-'
     """
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else "-"
+
+
+def metadata_store(config_path: Path | None) -> MetadataStore:
+    """The metadata DB of the effective config (SQLAlchemy is loaded only by commands that use it)."""
+    from raylane.db import MetadataStore
+
+    return MetadataStore.from_config(load(config_path))
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``30m``, ``12h``, ``7d``...
+
+    Example:
+        >>> parse_duration("90m")
+        5400.0
+    """
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise InvalidRequestError(f"bad duration {text!r}: use a number and one of s, m, h, d, w (e.g. 24h)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
