@@ -31,8 +31,9 @@ import pyarrow.parquet as pq
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private in-process cluster, no network clients
 
+from raylane.artifacts.refs import dataset_path  # noqa: E402
+from raylane.artifacts.tokenizer import train_bpe  # noqa: E402
 from raylane.config import RaylaneConfig  # noqa: E402
-from raylane.data import dataset_path  # noqa: E402
 from raylane.data.corpus import (  # noqa: E402
     CorpusParams,
     PrepareOptions,
@@ -42,7 +43,6 @@ from raylane.data.corpus import (  # noqa: E402
     select_kept,
     tokenize_and_pack,
 )
-from raylane.data.packing import train_bpe  # noqa: E402
 from raylane.data.samples import synthetic_corpus, write_jsonl_shards, write_sample_documents  # noqa: E402
 from raylane.storage import Storage  # noqa: E402
 

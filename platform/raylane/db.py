@@ -22,7 +22,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import (
@@ -85,6 +85,33 @@ class UsageRecord(Base):
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     status_code: Mapped[int] = mapped_column(Integer)
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """One usage-ledger row as its writers build it (the Gateway, a batch's final accounting).
+
+    Example:
+        >>> row = UsageRow(key_name="a", model="m", endpoint="chat/completions", status_code=200,
+        ...                prompt_tokens=3, completion_tokens=5)
+        >>> row.record().completion_tokens
+        5
+    """
+
+    key_name: str
+    model: str
+    endpoint: str
+    status_code: int
+    key_id: int | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    request_id: str | None = None
+    created_at: float = field(default_factory=time.time)
+
+    def record(self) -> UsageRecord:
+        """The ORM row to insert."""
+        return UsageRecord(**asdict(self))
 
 
 class ModelVersion(Base):
@@ -291,19 +318,19 @@ class MetadataStore:
 
     # -- usage ---------------------------------------------------------------------------------
 
-    def record_usage(self, records: list[dict[str, Any]]) -> None:
-        """Append ledger rows (see :class:`UsageRecord` for the fields)."""
-        if records:
+    def record_usage(self, rows: list[UsageRow]) -> None:
+        """Append ledger rows."""
+        if rows:
             with self.session() as session:
-                session.add_all(UsageRecord(**record) for record in records)
+                session.add_all(row.record() for row in rows)
 
     def usage_summary(self, *, by: str = "key", since: float | None = None) -> list[dict[str, Any]]:
         """Requests, errors, tokens and mean latency grouped by ``key`` or ``model``.
 
         Example:
             >>> store = MetadataStore("sqlite://")
-            >>> store.record_usage([{"key_name": "a", "model": "m", "endpoint": "chat", "status_code": 200,
-            ...                      "prompt_tokens": 3, "completion_tokens": 5}])
+            >>> store.record_usage([UsageRow(key_name="a", model="m", endpoint="chat", status_code=200,
+            ...                              prompt_tokens=3, completion_tokens=5)])
             >>> store.usage_summary(by="model")[0]["total_tokens"]
             8
         """

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from raylane.artifacts.refs import dataset_path
 from raylane.config import S3Config
-from raylane.data import dataset_path
 from raylane.data.runs import find_inputs
 from raylane.data.samples import synthetic_corpus, text_pdf, write_jsonl_shards, write_sample_documents
 from raylane.errors import NotFoundError, StorageError

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from raylane.artifacts.refs import file_path
 from raylane.batch.requests import Collector, plan
-from raylane.batch.results import file_path, finalize, read_parts, write_part
+from raylane.batch.results import finalize, read_parts, write_part
 from raylane.batch.schema import BatchLine, batch_object, validate_input
 from raylane.batch.store import BatchStore
 from raylane.db import MetadataStore

@@ -12,11 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from raylane.artifacts.tokenizer import DOCUMENT_SEPARATOR, train_bpe
 from raylane.data.chunking import chunk_text, model_tokenizer
 from raylane.data.corpus import DedupParams, PrepareOptions, deduplicate, prepare_batch, tokenize_and_pack
 from raylane.data.extract import Document, Failure, extract
 from raylane.data.minhash import MinHasher, representatives
-from raylane.data.packing import DOCUMENT_SEPARATOR, pack, train_bpe
+from raylane.data.packing import pack
 from raylane.data.samples import stdlib_docstrings, text_pdf
 from raylane.data.text import QualityRules, normalize_text
 from raylane.storage import Storage

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import create_engine, text
 
-from raylane.db import Base, MetadataStore, hash_secret
+from raylane.db import Base, MetadataStore, UsageRow, hash_secret
 from raylane.errors import AuthenticationError, InvalidRequestError, NotFoundError
 from raylane.migrations import current_revision, head_revision
 
@@ -69,13 +69,12 @@ def test_usage_summary_groups_and_filters(store: MetadataStore):
     now = time.time()
     store.record_usage(
         [
-            {"key_name": "a", "model": "m1", "endpoint": "chat", "status_code": 200, "prompt_tokens": 5,
-             "completion_tokens": 7, "latency_ms": 10, "created_at": now - 7200},
-            {"key_name": "a", "model": "m2", "endpoint": "chat", "status_code": 429, "latency_ms": 1,
-             "created_at": now},
-            {"key_name": "b", "model": "m1", "endpoint": "completions", "status_code": 200,
-             "prompt_tokens": 1,
-             "completion_tokens": 2, "latency_ms": 30, "created_at": now},
+            UsageRow(key_name="a", model="m1", endpoint="chat", status_code=200, prompt_tokens=5,
+                     completion_tokens=7, latency_ms=10, created_at=now - 7200),
+            UsageRow(key_name="a", model="m2", endpoint="chat", status_code=429, latency_ms=1,
+                     created_at=now),
+            UsageRow(key_name="b", model="m1", endpoint="completions", status_code=200, prompt_tokens=1,
+                     completion_tokens=2, latency_ms=30, created_at=now),
         ]
     )  # fmt: skip
     by_key = {row["key"]: row for row in store.usage_summary(by="key")}

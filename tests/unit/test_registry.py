@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from raylane.artifacts.refs import Ref, parse_ref
 from raylane.db import MetadataStore
 from raylane.errors import InvalidRequestError, NotFoundError
-from raylane.models.registry import parse_model_ref, register, resolve_local_path
+from raylane.models.registry import register, resolve_local_path
 from raylane.storage import Storage
 
 
@@ -53,6 +54,6 @@ def test_register_rejects_non_model_dirs_and_bad_names(parts, tmp_path: Path, mo
 
 
 def test_model_refs():
-    assert parse_model_ref("m@12") == ("m", 12)
+    assert parse_ref("m@12") == parse_ref("m@v12") == Ref("m", 12)
     with pytest.raises(InvalidRequestError):
-        parse_model_ref("m@latest")
+        parse_ref("m@latest")

@@ -10,8 +10,8 @@ import jsonschema
 import pytest
 import yaml
 
-from raylane.cluster.render import render, warnings
 from raylane.config import RaylaneConfig, load_config
+from raylane.render import render, warnings
 from tests.conftest import run_cli
 
 REPO = Path(__file__).parents[2]

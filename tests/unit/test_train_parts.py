@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from raylane.artifacts.tokenizer import special_token_ids
 from raylane.errors import ConfigError
-from raylane.train.export import special_token_ids
 from raylane.train.loop import lr_factor
 from raylane.train.params import TrainParams
 from raylane.train.presets import llama_config

@@ -22,23 +22,18 @@ import json
 import time
 from typing import Any
 
+from raylane.artifacts.refs import file_path
 from raylane.batch.requests import is_success
 from raylane.batch.schema import validate_input
 from raylane.batch.store import ACTIVE_STATUSES, BatchStore
-from raylane.db import BatchRecord
+from raylane.db import BatchRecord, UsageRow
 from raylane.storage import Storage
 
 BATCHES_PREFIX = "batches"
-FILES_PREFIX = "files"
 
 
 def batch_prefix(batch_id: str) -> str:
     return f"{BATCHES_PREFIX}/{batch_id}"
-
-
-def file_path(file_id: str) -> str:
-    """Where a File's bytes live, relative to the storage root."""
-    return f"{FILES_PREFIX}/{file_id}.jsonl"
 
 
 def write_part(
@@ -122,27 +117,28 @@ def _store_lines(
     return file_id
 
 
-def _usage(record: BatchRecord, lines: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _usage(record: BatchRecord, lines: list[dict[str, Any]]) -> tuple[dict[str, Any], list[UsageRow]]:
     """The batch's usage object and one usage-ledger row per request that ran."""
     rows = []
+    now = time.time()
     for line in lines:
         response = line.get("response") or {}
         usage = (response.get("body") or {}).get("usage") or {}
         rows.append(
-            {
-                "key_id": record.key_id,
-                "key_name": record.key_name,
-                "model": record.model or "-",
-                "endpoint": "batch" + record.endpoint.removeprefix("/v1"),
-                "prompt_tokens": int(usage.get("prompt_tokens") or 0),
-                "completion_tokens": int(usage.get("completion_tokens") or 0),
-                "latency_ms": 0.0,
-                "status_code": int(response.get("status_code") or 500),
-                "request_id": record.id,
-            }
+            UsageRow(
+                key_id=record.key_id,
+                key_name=record.key_name,
+                model=record.model or "-",
+                endpoint="batch" + record.endpoint.removeprefix("/v1"),
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+                status_code=int(response.get("status_code") or 500),
+                request_id=record.id,
+                created_at=now,
+            )
         )
-    prompt = sum(r["prompt_tokens"] for r in rows)
-    completion = sum(r["completion_tokens"] for r in rows)
+    prompt = sum(r.prompt_tokens for r in rows)
+    completion = sum(r.completion_tokens for r in rows)
     usage = {
         "input_tokens": prompt,
         "input_tokens_details": {"cached_tokens": 0},

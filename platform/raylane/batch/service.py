@@ -23,7 +23,8 @@ import logging
 import time
 from typing import Any
 
-from raylane.batch.results import file_path, finalize
+from raylane.artifacts.refs import file_path
+from raylane.batch.results import finalize
 from raylane.batch.schema import (
     COMPLETION_WINDOWS,
     ENDPOINTS,

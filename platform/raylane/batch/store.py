@@ -16,13 +16,12 @@ Example:
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import select, update
 
-from raylane.db import BatchRecord, FileRecord, MetadataStore, UsageRecord
+from raylane.db import BatchRecord, FileRecord, MetadataStore, UsageRow
 from raylane.errors import NotFoundError
 
 ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
@@ -143,7 +142,7 @@ class BatchStore:
         self.transition(batch_id, ACTIVE_STATUSES, completed=completed, failed=failed)
 
     def finish(
-        self, batch_id: str, from_statuses: Iterable[str], usage_rows: list[dict[str, Any]], **fields: Any
+        self, batch_id: str, from_statuses: Iterable[str], usage_rows: list[UsageRow], **fields: Any
     ) -> bool:
         """Move a batch to its final state and append its usage rows, in one transaction.
 
@@ -157,6 +156,5 @@ class BatchStore:
             )
             if result.rowcount != 1:
                 return False
-            now = time.time()
-            session.add_all(UsageRecord(created_at=now, **row) for row in usage_rows)
+            session.add_all(row.record() for row in usage_rows)
         return True

@@ -83,7 +83,7 @@ def render(
     ] = False,
 ) -> None:
     """Generate cluster manifests from raylane.yaml (`cluster:`, `lanes:`, `models:`, storage, database)."""
-    from raylane.cluster import render as renderer
+    from raylane import render as renderer
 
     config = load(config_path)
     files = renderer.render(config, target)  # type: ignore[arg-type]  # an unknown target is a ConfigError

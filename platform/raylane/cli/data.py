@@ -12,8 +12,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from raylane.artifacts.refs import DATASETS_PREFIX, dataset_path
 from raylane.cli.common import ConfigOption, JsonOption, fmt_time, load, out
-from raylane.data import DATASETS_PREFIX
 
 datasets_app = typer.Typer(help="Datasets published by the ETL lane.", no_args_is_help=True)
 docs_app = typer.Typer(help="Search document indexes built by jobs/docs.yaml.", no_args_is_help=True)
@@ -30,8 +30,8 @@ def datasets_list(config_path: ConfigOption = None, as_json: JsonOption = False)
     )
     rows = []
     for name in names:
-        for version in store.versions(f"{DATASETS_PREFIX}/{name}"):
-            manifest = store.read_manifest(f"{DATASETS_PREFIX}/{name}", version)
+        for version in store.versions(dataset_path(name)):
+            manifest = store.read_manifest(dataset_path(name), version)
             rows.append({"name": name, "version": version, "kind": manifest.get("kind"),
                          "counts": manifest.get("counts", {}), "published_at": manifest["published_at"],
                          "uri": store.uri(manifest["data_prefix"])})  # fmt: skip

@@ -1,2 +1,2 @@
 """Where raylane runs: the local head (:mod:`.head`), reaching any cluster (:mod:`.connect`),
-Prometheus and Grafana (:mod:`.monitoring`), and manifests for real clusters (:mod:`.render`)."""
+and Prometheus with Grafana (:mod:`.monitoring`). Manifests for other clusters: :mod:`raylane.render`."""

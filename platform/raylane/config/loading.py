@@ -128,6 +128,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     """One readable line for a pydantic error, naming each offending key.
 
     Example:
+        >>> from raylane.config.sections import RayPorts
         >>> try:
         ...     RayPorts.model_validate({"gcss": 1})
         ... except ValidationError as e:

@@ -414,7 +414,7 @@ class RaylaneConfig(_Model):
         """A copy with ``section.field`` values replaced (CLI flags); ``None`` values are ignored.
 
         Example:
-            >>> load_config(None, env={}).with_overrides(**{"ray.num_cpus": 4}).ray.num_cpus
+            >>> RaylaneConfig().with_overrides(**{"ray.num_cpus": 4}).ray.num_cpus
             4.0
         """
         from raylane.config.loading import validate

@@ -2,7 +2,7 @@
 
 - :mod:`raylane.data.corpus`: text, JSONL, parquet -> normalize -> filter -> exact and MinHash
   near-dedup -> byte-level BPE tokenizer -> packed token sequences (train/validation), published
-  atomically as a versioned parquet dataset with a manifest (``jobs/etl.py``).
+  atomically as a versioned parquet dataset with a manifest (``jobs/corpus.py``).
 - :mod:`raylane.data.docs`: HTML, Markdown, text, PDF -> pages with metadata -> token-aware chunks
   -> all-MiniLM-L6-v2 embeddings in a Ray Data actor pool -> a parquet vector table
   (``jobs/docs.py``); :mod:`raylane.data.search` answers ``raylane docs search``.
@@ -12,19 +12,5 @@ The transforms themselves (:mod:`~raylane.data.text`, :mod:`~raylane.data.extrac
 functions over batches: Ray Data runs them in parallel, and the benchmark's single-process baseline
 runs the very same functions, so the two differ only in execution.
 
-Published datasets live at ``datasets/<name>`` under the storage root (see :func:`dataset_path`).
+Published datasets live at ``datasets/<name>/vN`` under the storage root (see :mod:`raylane.artifacts.refs`).
 """
-
-from __future__ import annotations
-
-DATASETS_PREFIX = "datasets"
-
-
-def dataset_path(name: str) -> str:
-    """Root-relative location of the dataset called ``name``.
-
-    Example:
-        >>> dataset_path("corpus")
-        'datasets/corpus'
-    """
-    return f"{DATASETS_PREFIX}/{name.strip('/')}"

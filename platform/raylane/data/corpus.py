@@ -40,11 +40,12 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from raylane import lanes
+from raylane.artifacts.tokenizer import DOCUMENT_SEPARATOR, TOKENIZER_FILES, load_tokenizer, train_bpe
 from raylane.config import RaylaneConfig
 from raylane.data import runs
 from raylane.data.extract import CORPUS_SUFFIXES, Document, extract
 from raylane.data.minhash import MinHasher, content_hash, representatives
-from raylane.data.packing import DOCUMENT_SEPARATOR, TOKENIZER_FILES, load_tokenizer, pack, train_bpe
+from raylane.data.packing import pack
 from raylane.data.samples import write_sample_corpus
 from raylane.data.text import QualityRules, normalize_text
 from raylane.errors import ConfigError

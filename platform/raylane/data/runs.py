@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from raylane.data import dataset_path
+from raylane.artifacts.refs import dataset_path
 from raylane.errors import JobError, NotFoundError, StorageError
 from raylane.storage import Storage
 

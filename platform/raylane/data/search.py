@@ -11,35 +11,24 @@ from typing import Any
 
 import numpy as np
 
-from raylane.data import dataset_path
+from raylane.artifacts.refs import dataset_path, parse_ref
 from raylane.errors import InvalidRequestError
 from raylane.storage import Storage
-
-
-def parse_dataset_ref(ref: str) -> tuple[str, str]:
-    """``name`` or ``name@vN`` -> (name, version); version ``latest`` when absent.
-
-    Example:
-        >>> parse_dataset_ref("docs@v2"), parse_dataset_ref("docs")
-        (('docs', 'v2'), ('docs', 'latest'))
-    """
-    name, _, version = ref.partition("@")
-    if not name:
-        raise InvalidRequestError(f"bad dataset reference {ref!r}: expected NAME or NAME@vN")
-    return name, version or "latest"
 
 
 def load_index(store: Storage, ref: str) -> tuple[dict[str, Any], Any]:
     """The manifest and the chunk table (pyarrow) of a published document index."""
     import pyarrow.parquet as pq
 
-    name, version = parse_dataset_ref(ref)
-    manifest = store.read_manifest(dataset_path(name), version)
+    index = parse_ref(ref, "dataset")
+    manifest = store.read_manifest(dataset_path(index.name), index.storage_version)
     if manifest.get("kind") != "docs-index":
         raise InvalidRequestError(f"dataset {ref!r} is a {manifest.get('kind')!r} dataset, not a docs index")
     prefix = f"{manifest['data_prefix']}/{manifest['chunks']}/"
     files = [
-        f for f in store.published_files(dataset_path(name), manifest["version"]) if f.startswith(prefix)
+        f
+        for f in store.published_files(dataset_path(index.name), manifest["version"])
+        if f.startswith(prefix)
     ]
     paths = [store.fs_path(f) for f in files if f.endswith(".parquet")]
     return manifest, pq.ParquetDataset(paths, filesystem=store.fs).read()

@@ -4,11 +4,12 @@ Registering copies the model files into ``models/<name>`` under the storage root
 publish and records the version in the metadata DB, so training jobs, the CLI and serving replicas
 on any node resolve the same name to the same files.
 
+References are ``NAME`` (the newest version) or ``NAME@N``: :mod:`raylane.artifacts.refs`.
+
 Example:
-    >>> parse_model_ref("tiny@3")
-    ('tiny', 3)
-    >>> parse_model_ref("tiny")
-    ('tiny', None)
+    >>> from raylane.db import MetadataStore
+    >>> list_models(MetadataStore("sqlite://"))
+    []
 """
 
 from __future__ import annotations
@@ -20,22 +21,12 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from raylane.artifacts.refs import model_path, parse_ref, version_folder
 from raylane.db import MetadataStore
 from raylane.errors import InvalidRequestError, NotFoundError
 from raylane.storage import Storage
 
-MODELS_PREFIX = "models"
 LOCAL_CACHE = Path(os.environ.get("RAYLANE_MODEL_CACHE", "/tmp/raylane-models"))
-
-
-def parse_model_ref(ref: str) -> tuple[str, int | None]:
-    """Split ``name@version`` (version optional: latest)."""
-    name, _, version = ref.partition("@")
-    if not name:
-        raise InvalidRequestError(f"bad model reference {ref!r}: expected name or name@version")
-    if version and not version.isdigit():
-        raise InvalidRequestError(f"bad model version in {ref!r}: versions are numbers")
-    return name, int(version) if version else None
 
 
 def register(store: Storage, db: MetadataStore, name: str, source: str) -> tuple[int, str]:
@@ -47,12 +38,12 @@ def register(store: Storage, db: MetadataStore, name: str, source: str) -> tuple
     if not any(i.base_name == "config.json" for i in files):
         raise NotFoundError(f"{source} is not a model directory (no config.json)")
     version = db.next_model_version(name)
-    with store.publish(f"{MODELS_PREFIX}/{name}", f"v{version}") as pub:
+    with store.publish(model_path(name), version_folder(version)) as pub:
         pafs.copy_files(
             src_path, store.fs_path(pub.prefix), source_filesystem=src_fs, destination_filesystem=store.fs
         )
         pub.metadata.update({"source": source, "bytes": sum(i.size or 0 for i in files)})
-    uri = store.read_manifest(f"{MODELS_PREFIX}/{name}", f"v{version}")["data_uri"]
+    uri = store.read_manifest(model_path(name), version_folder(version))["data_uri"]
     db.add_model_version(name, version, uri, source, {"files": len(files)})
     return version, uri
 
@@ -85,9 +76,9 @@ def resolve_local_path(store: Storage, db: MetadataStore | None, source: str) ->
             raise InvalidRequestError(
                 f"{source}: a registry name needs the metadata DB; pass its URI instead"
             )
-        name, version = parse_model_ref(source)
-        row = db.get_model_version(name, version)
-        uri, cache_name = row.uri, f"{name}@{row.version}"
+        ref = parse_ref(source, "model")
+        row = db.get_model_version(ref.name, ref.version)
+        uri, cache_name = row.uri, f"{ref.name}@{row.version}"
     fs, path = store.resolve(uri)
     if isinstance(fs, pafs.LocalFileSystem):
         return Path(path)

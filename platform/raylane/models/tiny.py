@@ -16,45 +16,14 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from raylane.artifacts.tokenizer import train_tokenizer
 from raylane.data.samples import stdlib_docstrings
-
-# A minimal ChatML template: what `/v1/chat/completions` renders messages with.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 
 
 def stdlib_text(limit_chars: int = 1_000_000) -> Iterator[str]:
     """Docstrings of the installed standard library's top-level modules (text on every machine)."""
     for _, doc in stdlib_docstrings(limit_chars):
         yield doc
-
-
-def train_tokenizer(texts: Iterator[str], vocab_size: int = 2048):
-    """A byte-level BPE tokenizer trained on ``texts``, wrapped for transformers."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        unk_token="<|endoftext|>",
-        pad_token="<|pad|>",
-        chat_template=CHAT_TEMPLATE,
-        model_max_length=2048,
-    )
 
 
 def make_tiny_model(directory: str | Path, *, seed: int = 0, vocab_size: int = 2048) -> Path:

@@ -27,7 +27,7 @@ from typing import Any
 
 from raylane import batch
 from raylane.config import RaylaneConfig, load_serving_config
-from raylane.db import KeyInfo, MetadataStore, hash_secret
+from raylane.db import KeyInfo, MetadataStore, UsageRow, hash_secret
 from raylane.engine.admission import apply_token_cap
 from raylane.engine.load import ONLINE
 from raylane.errors import (
@@ -389,16 +389,16 @@ class Gateway:
         if exchange.key is None:
             return  # unauthenticated requests are counted in metrics, not in anyone's usage
         services.ledger.record(
-            {
-                "key_id": exchange.key.id,
-                "key_name": key_name,
-                "model": exchange.model,
-                "endpoint": exchange.path.removeprefix("/v1/")[:64],
-                "prompt_tokens": exchange.prompt_tokens,
-                "completion_tokens": exchange.completion_tokens,
-                "latency_ms": (now - exchange.started) * 1000,
-                "status_code": status,
-            }
+            UsageRow(
+                key_id=exchange.key.id,
+                key_name=key_name,
+                model=exchange.model,
+                endpoint=exchange.path.removeprefix("/v1/")[:64],
+                prompt_tokens=exchange.prompt_tokens,
+                completion_tokens=exchange.completion_tokens,
+                latency_ms=(now - exchange.started) * 1000,
+                status_code=status,
+            )
         )
         if exchange.key.tpm is not None and tokens:
             services.shared_limiter().charge.remote(key_name, tokens)

@@ -6,10 +6,10 @@ failed write keeps the records for the next attempt, so a short DB outage loses 
 
 Example:
     >>> import asyncio
-    >>> from raylane.db import MetadataStore
+    >>> from raylane.db import MetadataStore, UsageRow
     >>> store = MetadataStore("sqlite://")
     >>> ledger = UsageLedger(store, interval_s=0.01)
-    >>> ledger.record({"key_name": "a", "model": "m", "endpoint": "chat", "status_code": 200})
+    >>> ledger.record(UsageRow(key_name="a", model="m", endpoint="chat", status_code=200))
     >>> asyncio.run(ledger.flush())
     1
     >>> store.usage_summary()[0]["requests"]
@@ -21,9 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
-from raylane.db import MetadataStore
+from raylane.db import MetadataStore, UsageRow
 
 logger = logging.getLogger(__name__)
 MAX_PENDING = 100_000  # beyond this (a DB down for a long time) the oldest records are dropped
@@ -35,11 +34,11 @@ class UsageLedger:
     def __init__(self, store: MetadataStore, *, interval_s: float = 1.0) -> None:
         self._store = store
         self._interval_s = interval_s
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[UsageRow] = []
         self._task: asyncio.Task[None] | None = None
 
-    def record(self, row: dict[str, Any]) -> None:
-        """Queue one ledger row (the fields of :class:`raylane.db.UsageRecord`)."""
+    def record(self, row: UsageRow) -> None:
+        """Queue one ledger row."""
         self._pending.append(row)
         if len(self._pending) > MAX_PENDING:
             del self._pending[: len(self._pending) - MAX_PENDING]

@@ -11,31 +11,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from raylane.artifacts.tokenizer import END_TOKENS, added_token_ids, special_token_ids
 from raylane.db import MetadataStore
 from raylane.models.registry import register
 from raylane.storage import Storage
 from raylane.train.loop import STATE_FILE
-
-END_TOKENS = ("<|im_end|>", "<|endoftext|>")
-
-
-def added_token_ids(tokenizer_json: str) -> dict[str, int]:
-    """Ids of a tokenizer's added (special) tokens, by content.
-
-    Example:
-        >>> added_token_ids('{"added_tokens": [{"id": 3, "content": "<|im_end|>"}]}')
-        {'<|im_end|>': 3}
-    """
-    import json
-
-    return {t["content"]: t["id"] for t in json.loads(tokenizer_json).get("added_tokens", [])}
-
-
-def special_token_ids(tokenizer_json: str) -> dict[str, int]:
-    """``bos/eos/pad_token_id`` for a model config, from the tokenizer's ChatML special tokens."""
-    ids = added_token_ids(tokenizer_json)
-    names = {"bos_token_id": "<|im_start|>", "eos_token_id": "<|im_end|>", "pad_token_id": "<|pad|>"}
-    return {field: ids[token] for field, token in names.items() if token in ids}
 
 
 def export_checkpoint(checkpoint, directory: Path, store: Storage, tokenizer_prefix: str) -> Path:

@@ -12,15 +12,14 @@ import time
 from typing import Any
 
 from raylane import lanes
+from raylane.artifacts.refs import dataset_path, parse_ref
+from raylane.artifacts.tokenizer import special_token_ids
 from raylane.config import RaylaneConfig
-from raylane.data import dataset_path
 from raylane.data.runs import status
-from raylane.data.search import parse_dataset_ref
 from raylane.db import MetadataStore
 from raylane.errors import ConfigError, JobError, NotFoundError
-from raylane.models.registry import parse_model_ref
 from raylane.storage import Storage
-from raylane.train.export import export_and_register, special_token_ids
+from raylane.train.export import export_and_register
 from raylane.train.params import READ_CPUS, TrainParams
 from raylane.train.presets import llama_config
 
@@ -32,13 +31,13 @@ DATA_CPU_RESERVE = 1.0
 
 def corpus_manifest(store: Storage, ref: str) -> dict[str, Any]:
     """The manifest of a packed corpus dataset, or a clear error naming what to run first."""
-    name, version = parse_dataset_ref(ref)
+    dataset = parse_ref(ref, "dataset")
     try:
-        manifest = store.read_manifest(dataset_path(name), version)
+        manifest = store.read_manifest(dataset_path(dataset.name), dataset.storage_version)
     except NotFoundError:
         raise NotFoundError(
-            f"dataset {ref!r} not found under {store.uri(dataset_path(name))}: publish it with the ETL job "
-            "(raylane submit jobs/etl.yaml)"
+            f"dataset {ref!r} not found under {store.uri(dataset_path(dataset.name))}: publish it with the "
+            "corpus job (raylane submit jobs/corpus.yaml)"
         ) from None
     if manifest.get("kind") != "corpus":
         raise ConfigError(f"dataset {ref!r} is a {manifest.get('kind')!r} dataset, not a packed corpus")
@@ -49,8 +48,8 @@ def model_spec(store: Storage, db: MetadataStore, params: TrainParams, manifest:
     """How workers build the model: a preset config, or the files of a registered base model."""
     tokenizer = store.read_bytes(f"{manifest['data_prefix']}/{manifest['tokenizer']}/tokenizer.json").decode()
     if params.init_from:
-        name, version = parse_model_ref(params.init_from)
-        row = db.get_model_version(name, version)
+        base_model = parse_ref(params.init_from, "model")
+        row = db.get_model_version(base_model.name, base_model.version)
         fs, path = store.resolve(row.uri)
         with fs.open_input_stream(f"{path}/config.json") as f:
             base = json.loads(f.read())
@@ -133,7 +132,7 @@ def run_training(config: RaylaneConfig, params: TrainParams) -> dict[str, Any]:
         split: [
             store.fs_path(f)
             for f in store.published_files(
-                dataset_path(parse_dataset_ref(params.dataset)[0]), manifest["version"]
+                dataset_path(parse_ref(params.dataset, "dataset").name), manifest["version"]
             )
             if f.startswith(f"{base}/{split}/") and f.endswith(".parquet")
         ]

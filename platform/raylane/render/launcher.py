@@ -14,7 +14,8 @@ import math
 from typing import Any
 
 from raylane import lanes
-from raylane.cluster.render.common import (
+from raylane.config import NodeGroupConfig, RaylaneConfig
+from raylane.render.common import (
     DASHBOARD_PORT,
     GCS_PORT,
     HOME,
@@ -24,7 +25,6 @@ from raylane.cluster.render.common import (
     node_resources,
     to_yaml,
 )
-from raylane.config import NodeGroupConfig, RaylaneConfig
 
 CONFIG_FILE = f"{HOME}/.raylane/cluster.json"
 TOKEN_FILE = f"{HOME}/.ray/auth_token"

@@ -28,11 +28,11 @@ TARGETS: tuple[Target, ...] = ("kuberay", "launcher")
 def render(config: RaylaneConfig, target: Target) -> dict[str, str]:
     """The files of ``target`` as ``{file name: YAML text}``."""
     if target == "kuberay":
-        from raylane.cluster.render.kuberay import render_kuberay
+        from raylane.render.kuberay import render_kuberay
 
         return render_kuberay(config)
     if target == "launcher":
-        from raylane.cluster.render.launcher import render_launcher
+        from raylane.render.launcher import render_launcher
 
         return render_launcher(config)
     raise ConfigError(f"unknown render target {target!r}: use one of {', '.join(TARGETS)}")

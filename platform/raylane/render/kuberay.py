@@ -21,7 +21,10 @@ from typing import Any
 import yaml
 
 from raylane import lanes
-from raylane.cluster.render.common import (
+from raylane.config import NodeGroupConfig, RaylaneConfig
+from raylane.jobs.spec import jobs_dir, load_job_spec
+from raylane.jobs.submission import submission
+from raylane.render.common import (
     CLIENT_PORT,
     DASHBOARD_PORT,
     GCS_PORT,
@@ -35,9 +38,6 @@ from raylane.cluster.render.common import (
     ray_version,
     to_yaml,
 )
-from raylane.config import NodeGroupConfig, RaylaneConfig
-from raylane.jobs.spec import jobs_dir, load_job_spec
-from raylane.jobs.submission import submission
 
 API_VERSION = "ray.io/v1"
 # Jobs KubeRay submits, and the lane each runs in (their configs are jobs/<name>.yaml in the image).

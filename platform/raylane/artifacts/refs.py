@@ -1,0 +1,80 @@
+"""One grammar for published versions, and where each kind of artifact lives in storage.
+
+Datasets and models are both referred to as ``NAME`` (the newest version) or ``NAME@N``; the older
+``NAME@vN`` spelling of datasets is still accepted on input. Every version is published under
+``<prefix>/<NAME>/vN`` below the storage root (see :meth:`raylane.storage.Storage.publish`), with
+the prefixes below: one place names them all.
+
+Example:
+    >>> parse_ref("corpus@v2"), parse_ref("demo-llm@3"), parse_ref("docs")
+    (Ref(name='corpus', version=2), Ref(name='demo-llm', version=3), Ref(name='docs', version=None))
+    >>> str(parse_ref("corpus@v2")), parse_ref("docs").storage_version
+    ('corpus@2', 'latest')
+    >>> dataset_path("corpus"), model_path("demo-llm"), file_path("file-abc")
+    ('datasets/corpus', 'models/demo-llm', 'files/file-abc.jsonl')
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from raylane.errors import InvalidRequestError
+
+DATASETS_PREFIX = "datasets"  # published datasets: datasets/<name>/vN
+MODELS_PREFIX = "models"  # registered models: models/<name>/vN
+FILES_PREFIX = "files"  # uploaded and generated files of the Files API: files/<id>.jsonl
+_REF = re.compile(r"(?P<name>[^@]+)(?:@v?(?P<version>\d+))?")
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A published artifact's name and version (``None``: the newest)."""
+
+    name: str
+    version: int | None = None
+
+    def __str__(self) -> str:
+        return self.name if self.version is None else f"{self.name}@{self.version}"
+
+    @property
+    def storage_version(self) -> str:
+        """The version folder in storage (``vN``), or ``latest`` for the newest."""
+        return "latest" if self.version is None else version_folder(self.version)
+
+
+def parse_ref(text: str, what: str = "artifact") -> Ref:
+    """``NAME``, ``NAME@N`` or ``NAME@vN`` -> :class:`Ref`; anything else is an
+    :class:`InvalidRequestError` that names ``what`` was being referred to.
+
+    Example:
+        >>> parse_ref("m@latest", "model")
+        Traceback (most recent call last):
+        ...
+        raylane.errors.InvalidRequestError: bad model reference 'm@latest': expected NAME or NAME@N
+    """
+    match = _REF.fullmatch(text.strip())
+    if match is None or "/" in match["name"]:
+        raise InvalidRequestError(f"bad {what} reference {text!r}: expected NAME or NAME@N")
+    version = match["version"]
+    return Ref(match["name"], int(version) if version is not None else None)
+
+
+def version_folder(version: int) -> str:
+    """The storage folder of version ``version``: ``v3``."""
+    return f"v{version}"
+
+
+def dataset_path(name: str) -> str:
+    """Root-relative location of the dataset called ``name``."""
+    return f"{DATASETS_PREFIX}/{name.strip('/')}"
+
+
+def model_path(name: str) -> str:
+    """Root-relative location of the registered model called ``name``."""
+    return f"{MODELS_PREFIX}/{name.strip('/')}"
+
+
+def file_path(file_id: str) -> str:
+    """Root-relative location of a Files API file's content."""
+    return f"{FILES_PREFIX}/{file_id}.jsonl"
