@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import (
+from tests.harness import (
     RayProject,
     head_sockets,
     http_get,
@@ -17,8 +17,6 @@ from tests.conftest import (
     may_make_cpu_cgroups,
     stop_project,
 )
-
-pytestmark = pytest.mark.integration
 
 
 def test_every_port_of_the_head_is_loopback(ray_project: RayProject):

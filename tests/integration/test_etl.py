@@ -20,9 +20,7 @@ from raylane.data.samples import synthetic_corpus, text_pdf, write_jsonl_shards,
 from raylane.errors import NotFoundError, StorageError
 from raylane.jobs.run import parse_result
 from raylane.storage import Storage
-from tests.conftest import BIN, REPO, RayProject, S3Server, submit_and_wait_for_log
-
-pytestmark = pytest.mark.integration
+from tests.harness import BIN, REPO, RayProject, S3Server, submit_and_wait_for_log
 
 PLANTED_FACT = (
     "Lanie the purple octopus is the raylane mascot. She lives in a lighthouse in Reykjavik and "

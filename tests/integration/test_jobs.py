@@ -8,16 +8,13 @@ import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 import yaml
 
 from raylane.config import S3Config
 from raylane.data.smoke import WORDS, sample_lines
 from raylane.jobs.run import parse_result
 from raylane.storage import Storage
-from tests.conftest import BIN, REPO, RayProject, S3Server, http_get
-
-pytestmark = pytest.mark.integration
+from tests.harness import BIN, REPO, RayProject, S3Server, http_get
 
 
 def expected_counts(files: int, lines: int) -> dict[str, int]:

@@ -37,7 +37,7 @@ from raylane.config import S3Config, load_config
 from raylane.data.samples import synthetic_corpus, write_jsonl_shards
 from raylane.jobs.run import parse_result
 from raylane.storage import Storage
-from tests.conftest import (
+from tests.harness import (
     BIN,
     LEAKY_ENV,
     REPO,
@@ -51,8 +51,6 @@ from tests.conftest import (
     run_cli,
     stop_project,
 )
-
-pytestmark = pytest.mark.integration
 
 LANES = {"etl": {"cpus": 1}, "train": {"cpus": 1}, "serve": {"cpus": 1}}
 WORKER_LANES = ["serve", "train"]

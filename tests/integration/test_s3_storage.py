@@ -9,9 +9,7 @@ import pytest
 from raylane.config import S3Config
 from raylane.errors import NotFoundError, StorageError
 from raylane.storage import Storage, next_version
-from tests.conftest import S3Server
-
-pytestmark = pytest.mark.integration
+from tests.harness import S3Server
 
 
 @pytest.fixture

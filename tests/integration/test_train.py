@@ -21,9 +21,7 @@ from raylane.jobs.client import status_text
 from raylane.jobs.run import parse_result
 from raylane.models.registry import resolve_local_path
 from raylane.storage import Storage
-from tests.conftest import RayProject, S3Server, publish_corpus
-
-pytestmark = pytest.mark.integration
+from tests.harness import RayProject, S3Server, publish_corpus
 
 TRAIN = {"dataset": "corpus", "steps": 20, "batch_size": 8, "learning_rate": 0.003, "warmup_steps": 4,
          "log_every": 5, "eval_every": 10, "checkpoint_every": 5, "keep_checkpoints": 2, "workers": 2,

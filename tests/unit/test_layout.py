@@ -6,7 +6,7 @@ import ast
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.harness import REPO
 
 
 def test_platform_has_no_init_file():

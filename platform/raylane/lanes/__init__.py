@@ -27,7 +27,7 @@ each a quota and a priority, and Ray, not raylane, enforces them:
   the serving replicas as an equal member of the session's group. A process in a CPU cgroup other
   than the root one is exempt from autogroups, and the group's weight (:func:`cpu_groups`: its
   lane's niceness weight, plus ``cpu.idle`` for a background lane) ranks the whole group against
-  everything else. `raylane up` makes them where it may (:mod:`raylane.cpugroups`: root, cgroup
+  everything else. `raylane up` makes them where it may (:mod:`raylane.lanes.cgroups`: root, cgroup
   v1), and :func:`lower_priority` moves each driver and worker of a job into its lane's group.
 
 Example:

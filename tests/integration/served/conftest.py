@@ -8,29 +8,12 @@ tests' jobs run: idle, they still cost the head CPU time.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import RayProject
-
-
-@dataclass
-class Deployment:
-    """The package's deployment: ``tiny`` (chat, registered as ``tiny-reg@1``) and ``minilm``
-    (embeddings), behind the Gateway's router."""
-
-    project: RayProject
-    base_url: str
-    deploy_stdout: str
-
-    def key(self, name: str, *flags: str) -> str:
-        """A new API key (``raylane keys create``) named ``name``."""
-        created = self.project.cli("keys", "create", name, *flags)
-        assert created.returncode == 0, created.stderr
-        return created.stdout.strip()
+from tests.harness import Deployment, RayProject
 
 
 @pytest.fixture(scope="package")

@@ -23,8 +23,7 @@ import pytest
 
 from raylane.db import BatchRecord, MetadataStore
 from raylane.jobs.client import status_text
-from tests.conftest import RayProject
-from tests.integration.served.conftest import Deployment
+from tests.harness import Deployment, RayProject
 
 CHAT = "/v1/chat/completions"
 

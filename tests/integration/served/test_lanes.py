@@ -32,13 +32,20 @@ import pytest
 import yaml
 from ray.job_submission import JobSubmissionClient
 
-from raylane import lanes, monitoring
+from raylane import lanes
+from raylane.cluster import monitoring
 from raylane.config import load_config
 from raylane.jobs.client import status_text
-from tests.conftest import REPO, SESSION_LANES, RayProject, autogroup_niceness, http_get, may_make_cpu_cgroups
-from tests.integration.served.conftest import Deployment
+from tests.harness import (
+    REPO,
+    SESSION_LANES,
+    Deployment,
+    RayProject,
+    autogroup_niceness,
+    http_get,
+    may_make_cpu_cgroups,
+)
 
-pytestmark = pytest.mark.integration
 DASHBOARD = REPO / "cluster" / "monitoring" / "grafana" / "raylane.json"
 
 # One run's worker (1 CPU) and read task (0.25) fill the train lane's quota: a second run waits.

@@ -16,8 +16,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import RayProject, head_sockets
-from tests.integration.served.conftest import Deployment
+from tests.harness import Deployment, RayProject, head_sockets
 
 
 @dataclass

@@ -8,7 +8,7 @@ import pytest
 
 from raylane.config import RaylaneConfig, env_overrides, json_schema, load_config, mask_url_password
 from raylane.errors import ConfigError
-from tests.conftest import clean_env, run_cli
+from tests.harness import clean_env, run_cli
 
 
 def test_embedded_defaults_live_under_the_project(tmp_path: Path):

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from raylane.artifacts.refs import Ref, parse_ref
 from raylane.db import MetadataStore
 from raylane.errors import InvalidRequestError, NotFoundError
 from raylane.models.registry import register, resolve_local_path
@@ -51,9 +50,3 @@ def test_register_rejects_non_model_dirs_and_bad_names(parts, tmp_path: Path, mo
     with pytest.raises(InvalidRequestError):
         register(store, db, "a@b", str(model_dir))
     assert store.versions("models/x") == []
-
-
-def test_model_refs():
-    assert parse_ref("m@12") == parse_ref("m@v12") == Ref("m", 12)
-    with pytest.raises(InvalidRequestError):
-        parse_ref("m@latest")

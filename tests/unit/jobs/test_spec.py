@@ -9,7 +9,7 @@ import pytest
 from raylane.errors import ConfigError
 from raylane.jobs.run import parse_result
 from raylane.jobs.spec import JobSpec, jobs_dir, load_job_spec
-from tests.conftest import REPO
+from tests.harness import REPO
 
 
 def test_shipped_smoke_config_is_valid():

@@ -1,28 +1,20 @@
-"""Lanes (quotas as Ray resources, priorities as niceness), status explanations and batch yielding."""
+"""Lanes: quotas as Ray resources, priorities as niceness, CPU groups per lane."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from raylane import lanes
-from raylane.cluster.connect import _pending_demand
 from raylane.cluster.head import _ray_start_command
 from raylane.config import RaylaneConfig, load_config
-from raylane.engine.batch import BatchPolicy, answer
-from raylane.engine.load import OnlineLoad
-from raylane.jobs.costs import job_costs
-from raylane.jobs.kinds import kind
 from raylane.lanes import cgroups
-from tests.conftest import (
+from tests.harness import (
     CPU_CGROUPS,
     autogroup_niceness,
     cpu_cgroup_of,
@@ -139,102 +131,6 @@ def test_lane_processes_join_their_lanes_cpu_group_and_the_groups_are_removed():
     assert not root.exists()
 
 
-def test_status_reads_pending_demand_and_explains_it():
-    # The shapes the dashboard's cluster_status returns (names camel-cased by the dashboard).
-    report = {
-        "resourceDemand": [[{"CPU": 0.25, "laneTrainMcpu": 250}, 3]],
-        "pgDemand": [[{"strategy": "PACK", "bundles": [[{"CPU": 0.5, "laneTrainMcpu": 500}, 2]]}, 1]],
-    }
-    pending = _pending_demand(report)
-    assert pending == [
-        {"kind": "tasks/actors", "resources": {"CPU": 0.25, "lane_train_mcpu": 250}, "count": 3},
-        {"kind": "placement groups", "resources": {"CPU": 1.0, "lane_train_mcpu": 1000}, "count": 1},
-    ]
-    have = {"CPU": {"used": 0.75, "total": 2.0}, "lane_train_mcpu": {"used": 500, "total": 750}}
-    assert (
-        lanes.pending_reason(pending[0]["resources"], have)
-        == "waiting for the scheduler (resources are free)"
-    )
-    assert lanes.pending_reason(pending[1]["resources"], have).startswith("train lane at its cpu quota")
-    assert lanes.pending_reason({"CPU": 2}, have) == "cluster capacity: CPU 1.25 of 2 free, needs 2"
-    rows = lanes.usage_report(RaylaneConfig.model_validate(QUOTAS), have, [{"id": "j1", "lane": "train"}])
-    train = next(row for row in rows if row["lane"] == "train")
-    assert train["cpu"] == {"used": 0.5, "quota": 0.75} and train["gpu"] is None and train["jobs"] == ["j1"]
-
-
-def test_online_load_thresholds_and_forgetting():
-    load = OnlineLoad()
-    first, second = load.started(), load.started()
-    assert load.busy(max_requests=1, max_ttfb_ms=None) and not load.busy(max_requests=2, max_ttfb_ms=None)
-    assert not load.busy(max_requests=None, max_ttfb_ms=None)
-    load.finished(first, first_byte_at=first + 0.2)
-    load.finished(second, first_byte_at=None)  # never answered: counted out, no latency sample
-    assert load.in_flight == 0 and load.ttfb_ms == pytest.approx(200)
-    assert load.busy(max_requests=4, max_ttfb_ms=100) and not load.busy(max_requests=4, max_ttfb_ms=300)
-    load._ttfb_seen_at = time.perf_counter() - 60  # an old slow answer says nothing about now
-    assert not load.busy(max_requests=4, max_ttfb_ms=100)
-    # Two in flight a moment ago: busy for a threshold of 1 until calm_s has passed, not for 2.
-    assert load.busy(max_requests=1, max_ttfb_ms=None, calm_s=5)
-    assert not load.busy(max_requests=2, max_ttfb_ms=None, calm_s=5)
-    assert not load.busy(max_requests=1, max_ttfb_ms=None, calm_s=0)
-
-
-class FakeEngine:
-    """Stands in for Ray's LLMServer methods (vLLM), recording what batch sent it."""
-
-    def __init__(self) -> None:
-        self.requests: list = []
-
-    async def __call__(self, method: str, request):
-        self.requests.append((method, request))
-
-        async def stream():
-            if request.messages[0]["content"] == "fail":
-                yield SimpleNamespace(model_dump=lambda mode: {"error": {"message": "too long", "code": 400}})
-            else:
-                yield SimpleNamespace(model_dump=lambda mode: {"object": "chat.completion", "usage": {}})
-
-        return stream()
-
-
-def test_answer_runs_each_body_with_batch_priority_and_maps_errors():
-    engine = FakeEngine()
-    bodies = [
-        {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
-        {"model": "m", "messages": [{"role": "user", "content": "fail"}]},
-        {"model": "m"},  # no messages: refused before the engine
-    ]
-    policy = BatchPolicy(priority=7, online_busy_requests=None, online_busy_ttfb_ms=None)
-    replies = asyncio.run(answer(engine, "/v1/chat/completions", bodies, policy))
-    assert [r["status_code"] for r in replies] == [200, 400, 400]
-    assert "messages" in replies[2]["body"]["error"]["message"]
-    assert len(engine.requests) == 2 and all(r.priority == 7 for _, r in engine.requests)
-    ids = [r.request_id for _, r in engine.requests]
-    assert len(set(ids)) == 2 and ids == [replies[0]["request_id"], replies[1]["request_id"]]
-
-
-def test_batch_requests_wait_while_online_traffic_is_busy(monkeypatch: pytest.MonkeyPatch):
-    from raylane.engine import load as load_module
-
-    busy = OnlineLoad()
-    monkeypatch.setattr(load_module, "ONLINE", busy)
-    engine = FakeEngine()
-    policy = BatchPolicy(priority=10, online_busy_requests=0, online_busy_ttfb_ms=None)
-    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-
-    async def scenario() -> float:
-        online = busy.started()
-        batch = asyncio.create_task(answer(engine, "/v1/chat/completions", [body], policy))
-        await asyncio.sleep(0.3)
-        assert engine.requests == []  # held back while an online request is in flight
-        busy.finished(online, first_byte_at=None)
-        started = time.perf_counter()
-        await batch
-        return time.perf_counter() - started
-
-    assert asyncio.run(scenario()) < 0.5 and len(engine.requests) == 1
-
-
 def test_a_partial_lanes_section_keeps_the_other_defaults():
     config = RaylaneConfig.model_validate({"lanes": {"train": {"cpus": 2}}})
     assert config.lanes["train"].cpus == 2 and config.lanes["train"].priority == 50
@@ -244,25 +140,3 @@ def test_a_partial_lanes_section_keeps_the_other_defaults():
         "etl": 40,
         "batch": 10,
     }
-
-
-def holds(config: RaylaneConfig, job: str, params: dict, cluster_cpus: float) -> tuple[float, float]:
-    return kind(job).validate_params(params).holds(config, cluster_cpus)
-
-
-def test_job_resources_are_what_each_job_holds():
-    config = RaylaneConfig.model_validate({"lanes": {"etl": {"cpus": 1.5}}})
-    train = {"dataset": "c", "workers": 2, "cpus_per_worker": 0.5, "use_gpu": True, "gpus_per_worker": 1}
-    assert holds(config, "train", train, cluster_cpus=8) == (1.25, 2.0)
-    assert holds(config, "corpus", {}, cluster_cpus=8) == (1.5, 0.0)  # the etl quota
-    assert holds(RaylaneConfig(), "docs", {}, cluster_cpus=8) == (8, 0.0)  # no quota: the cluster
-    assert holds(config, "batch", {"batch_id": "b"}, cluster_cpus=8) == (0.0, 0.0)  # on serving replicas
-    dedicated = RaylaneConfig.model_validate(
-        {"batch": {"engine": "dedicated", "num_cpus": 2, "concurrency": 2}}
-    )
-    assert holds(dedicated, "batch", {"batch_id": "b"}, cluster_cpus=8) == (4.0, 0.0)
-    meta = {"raylane_job": "train", "raylane_lane": "train", "raylane_cpus": "1", "raylane_gpus": "0"}
-    running = {"submission_id": "a", "status": "RUNNING", "start_time": 0, "end_time": None, "metadata": meta}
-    foreign = {"submission_id": "b", "status": "SUCCEEDED", "start_time": 0, "end_time": 1, "metadata": {}}
-    rows = job_costs([running, foreign], now=30)
-    assert [(r["job"], r["cpu_seconds"]) for r in rows] == [("a", 30.0)]  # running: so far; b: not raylane's

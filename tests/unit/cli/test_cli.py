@@ -7,7 +7,7 @@ import socket
 import time
 from pathlib import Path
 
-from tests.conftest import clean_env, free_ports, run_cli
+from tests.harness import clean_env, free_ports, run_cli
 
 
 def test_missing_config_file_exits_2_with_one_line(tmp_path: Path):

@@ -12,7 +12,7 @@ import yaml
 
 from raylane.config import RaylaneConfig, load_config
 from raylane.render import render, warnings
-from tests.conftest import run_cli
+from tests.harness import run_cli
 
 REPO = Path(__file__).parents[2]
 EXAMPLE = REPO / "cluster" / "raylane.cluster.yaml"
