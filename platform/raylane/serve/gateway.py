@@ -39,6 +39,7 @@ from raylane.errors import (
     RaylaneError,
 )
 from raylane.serve.ledger import UsageLedger
+from raylane.serve.limits import Limiter, SharedLimiter
 from raylane.serve.sse import UsageTap
 
 logger = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ class GatewayServices:
     keys: KeyCache
     ledger: UsageLedger
     max_request_bytes: int
-    limiter: Any = None  # the shared limiter actor handle, created on first limited request
+    limiter: Limiter = field(default_factory=SharedLimiter)
     metrics: Any = None
 
     @classmethod
@@ -139,13 +140,6 @@ class GatewayServices:
             ledger=UsageLedger(store, interval_s=config.serve.usage_flush_interval_s),
             max_request_bytes=config.serve.max_request_bytes,
         )
-
-    def shared_limiter(self) -> Any:
-        if self.limiter is None:
-            from raylane.serve.limits import shared_limiter
-
-            self.limiter = shared_limiter()
-        return self.limiter
 
     def observe(self, **fields: Any) -> None:
         if self.metrics is None:
@@ -296,7 +290,7 @@ class Gateway:
     async def _check_limits(self, key: KeyInfo, services: GatewayServices) -> None:
         if key.rpm is None and key.tpm is None:
             return
-        retry_after = await services.shared_limiter().acquire.remote(key.name, key.rpm, key.tpm)
+        retry_after = await services.limiter.acquire(key.name, key.rpm, key.tpm)
         if retry_after > 0:
             which = (
                 f"{key.rpm} requests" if key.tpm is None else f"{key.rpm or '-'} requests / {key.tpm} tokens"
@@ -401,7 +395,7 @@ class Gateway:
             )
         )
         if exchange.key.tpm is not None and tokens:
-            services.shared_limiter().charge.remote(key_name, tokens)
+            services.limiter.charge(key_name, tokens)
 
 
 def _log_failed_refresh(task: asyncio.Task[KeyInfo | None]) -> None:

@@ -1,8 +1,10 @@
 """Per-key requests- and tokens-per-minute limits, shared by every gateway replica.
 
 The counting is a sliding 60-second window (:class:`SlidingWindow`). Gateway replicas share one
-window per key through a small named Ray actor, so two replicas cannot each grant a key its full
-limit. Keys without limits never call it: unlimited traffic pays nothing for the feature.
+window per key through a small named Ray actor (:class:`SharedLimiter`), so two replicas cannot
+each grant a key its full limit; :class:`LocalLimiter` keeps the window in the process instead (one
+Gateway, or tests without Ray). Keys without limits never call either: unlimited traffic pays
+nothing for the feature.
 
 Tokens are charged after a request finishes (that is when they are known), so a burst can overshoot
 ``tpm`` by the requests already in flight; the next request then waits until the window clears.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 WINDOW_S = 60.0
 ACTOR_NAME = "raylane_rate_limiter"
@@ -89,6 +91,56 @@ class RateLimiterActor:
 
     def charge(self, key: str, tokens: int) -> None:
         self._window.charge(key, tokens, now=self._clock())
+
+
+class Limiter(Protocol):
+    """What the Gateway asks of a limiter."""
+
+    async def acquire(self, key: str, rpm: int | None, tpm: int | None) -> float:
+        """0.0 to admit one request, else the seconds until one would be admitted."""
+        ...
+
+    def charge(self, key: str, tokens: int) -> None:
+        """Count the tokens a finished request used."""
+        ...
+
+
+class LocalLimiter:
+    """The window in this process: limits hold per Gateway process.
+
+    Example:
+        >>> import asyncio
+        >>> limiter = LocalLimiter()
+        >>> asyncio.run(limiter.acquire("k", 1, None)), asyncio.run(limiter.acquire("k", 1, None)) > 59
+        (0.0, True)
+    """
+
+    def __init__(self) -> None:
+        self._actor = RateLimiterActor()
+
+    async def acquire(self, key: str, rpm: int | None, tpm: int | None) -> float:
+        return self._actor.acquire(key, rpm, tpm)
+
+    def charge(self, key: str, tokens: int) -> None:
+        self._actor.charge(key, tokens)
+
+
+class SharedLimiter:
+    """The cluster's one window, in the limiter actor (looked up or created on first use)."""
+
+    def __init__(self) -> None:
+        self._handle: Any = None
+
+    def _actor(self) -> Any:
+        if self._handle is None:
+            self._handle = shared_limiter()
+        return self._handle
+
+    async def acquire(self, key: str, rpm: int | None, tpm: int | None) -> float:
+        return float(await self._actor().acquire.remote(key, rpm, tpm))
+
+    def charge(self, key: str, tokens: int) -> None:
+        self._actor().charge.remote(key, tokens)
 
 
 def shared_limiter() -> Any:
