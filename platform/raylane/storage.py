@@ -75,6 +75,11 @@ class Publication:
         return f"{self.prefix}/{relative.lstrip('/')}"
 
 
+# Inside Storage, `list` names its method: these name the builtin lists it returns.
+Paths = list[str]
+FileSizes = list[tuple[str, int]]
+
+
 class Storage:
     """One storage root: read, write, list, delete, and publish atomically.
 
@@ -191,7 +196,7 @@ class Storage:
         with self._errors("inspect", relative):
             return self.fs.get_file_info(self.fs_path(relative)).type != pafs.FileType.NotFound
 
-    def list(self, prefix: str = "", *, recursive: bool = False) -> list[str]:
+    def list(self, prefix: str = "", *, recursive: bool = False) -> Paths:
         """Root-relative paths of the files under ``prefix`` (sorted); [] when it does not exist."""
         base = self.fs_path()
         with self._errors("list", prefix):
@@ -199,7 +204,7 @@ class Storage:
             infos = self.fs.get_file_info(selector)
         return sorted(i.path[len(base) + 1 :] for i in infos if i.type == pafs.FileType.File)
 
-    def list_location(self, location: str, suffix: str = "") -> list[str]:
+    def list_location(self, location: str, suffix: str = "") -> Paths:
         """``fs`` paths of the files directly under a root-relative path or a full URI (sorted).
 
         Pair the result with ``self.resolve(location)[0]`` to hand both to Ray Data or pyarrow.
@@ -209,7 +214,7 @@ class Storage:
             infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
 
-    def find_files(self, location: str, suffixes: tuple[str, ...]) -> list[tuple[str, int]]:
+    def find_files(self, location: str, suffixes: tuple[str, ...]) -> FileSizes:
         """``(fs path, size)`` of every file under ``location`` (recursive) with one of ``suffixes``.
 
         Sorted by path; a single file named directly is found too. Pair with
@@ -292,7 +297,7 @@ class Storage:
         """Where the manifest of ``name`` at ``version`` lives."""
         return f"{name.strip('/')}/{version}{MANIFEST_SUFFIX}"
 
-    def versions(self, name: str) -> list[str]:
+    def versions(self, name: str) -> Paths:
         """Published versions of ``name``, oldest first."""
         names = [p.rsplit("/", 1)[-1] for p in self.list(name.strip("/"))]
         manifests = [n[: -len(MANIFEST_SUFFIX)] for n in names if n.endswith(MANIFEST_SUFFIX)]
@@ -307,7 +312,7 @@ class Storage:
             version = versions[-1]
         return json.loads(self.read_bytes(self.manifest_path(name, version)))
 
-    def published_files(self, name: str, version: str = "latest") -> list[str]:
+    def published_files(self, name: str, version: str = "latest") -> Paths:
         """Root-relative paths of a published version's files, as its manifest lists them."""
         manifest = self.read_manifest(name, version)
         return [f"{manifest['data_prefix']}/{f}" for f in manifest["files"]]

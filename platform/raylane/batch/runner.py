@@ -26,10 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import Field
 
@@ -44,6 +44,9 @@ from raylane.db import BatchRecord, MetadataStore
 from raylane.jobs.kinds import Holdings, JobParams
 from raylane.metrics import batch_metrics
 from raylane.storage import Storage
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 MAP_CPUS = 0.25
 
@@ -171,9 +174,10 @@ def _completion_tokens(line: dict[str, Any]) -> int:
 
 def _dedicated_outputs(
     config: RaylaneConfig, record: BatchRecord, todo: list[BatchLine]
-) -> Iterator[list[dict[str, Any]]]:
+) -> Generator[list[dict[str, Any]], None, None]:
     """Output lines from a ray.data.llm engine this job starts, one list per finished engine call."""
-    model = ModelConfig.model_validate(record.engine["model"])
+    engine = record.engine or {}
+    model = ModelConfig.model_validate(engine["model"])
     local_path = _local_model(config, model.source)
     render_chat = _chat_renderer(local_path) if record.endpoint == "/v1/chat/completions" else None
     rows, failed = plan(
@@ -181,7 +185,7 @@ def _dedicated_outputs(
         endpoint=record.endpoint,
         max_model_len=_max_model_len(local_path, {**model.engine_kwargs, **config.batch.engine_kwargs}),
         render_chat=render_chat,
-        max_tokens_cap=record.engine.get("max_tokens_cap"),
+        max_tokens_cap=engine.get("max_tokens_cap"),
     )
     if failed:
         yield failed
@@ -236,13 +240,16 @@ def _engine_outputs(
     )
     dataset = processor(ray.data.from_items(rows))
     for batch_rows in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-        yield batch_rows.to_pylist()
+        yield cast("pa.Table", batch_rows).to_pylist()
 
 
 def _input_lines(storage: Storage, records: BatchStore, record: BatchRecord) -> list[BatchLine]:
     source = records.get_file(record.input_file_id, key_id=None)
     lines, errors = validate_input(
-        storage.read_bytes(source.path), endpoint=record.endpoint, models={record.model}, max_requests=10**9
+        storage.read_bytes(source.path),
+        endpoint=record.endpoint,
+        models={record.model or ""},
+        max_requests=10**9,
     )
     if errors:  # validated when the batch was created; a changed file is a bug worth stopping for
         raise RuntimeError(f"batch {record.id}: input file no longer validates: {errors[0]['message']}")
@@ -293,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run one batch of the OpenAI Batch API.")
     parser.add_argument("--batch-id", required=True)
     args = parser.parse_args(argv)
-    execute(lambda: BatchJobParams(batch_id=args.batch_id), run_batch)
+    execute(lambda: BatchJobParams(batch_id=args.batch_id, engine=None), run_batch)
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def validate_input(
             break
         try:
             request = json.loads(raw)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             error("invalid_json_line", f"Line {number} is not valid JSON: {exc.msg}.", number)
             continue
         if not isinstance(request, dict):

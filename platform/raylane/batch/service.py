@@ -159,6 +159,7 @@ class BatchService:
         if errors:
             record = self.records.add_batch(status="failed", failed_at=now, errors=errors, **fields)
             return batch_object(record)
+        assert model is not None  # a valid input file has a line, and every line names the model
         engine = {
             "kind": kind,
             "model": self.models[model].model_dump(mode="json"),

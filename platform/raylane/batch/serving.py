@@ -14,7 +14,7 @@ Example (driver side, inside a batch job):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -30,7 +30,7 @@ from raylane.errors import RaylaneError
 
 def serving_outputs(
     config: RaylaneConfig, record: BatchRecord, todo: Sequence[BatchLine]
-) -> Iterator[list[dict[str, Any]]]:
+) -> Generator[list[dict[str, Any]], None, None]:
     """Output lines for ``todo``, one list per finished call to the serving replicas, as they finish.
 
     Lines the Gateway would refuse (``stream``, ``max_tokens`` above the key's cap) are answered
@@ -39,7 +39,7 @@ def serving_outputs(
     """
     from ray import serve
 
-    cap = record.engine.get("max_tokens_cap")
+    cap = (record.engine or {}).get("max_tokens_cap")
     runnable: list[tuple[BatchLine, dict[str, Any]]] = []
     refused: list[dict[str, Any]] = []
     for line in todo:
@@ -55,7 +55,9 @@ def serving_outputs(
     if refused:
         yield refused
     try:
-        handle = serve.get_deployment_handle(deployment_name(record.model), app_name=config.serve.app_name)
+        handle = serve.get_deployment_handle(
+            deployment_name(record.model or ""), app_name=config.serve.app_name
+        )
     except Exception as exc:  # noqa: BLE001 - Serve raises several types for "no such app/deployment"
         raise RaylaneError(
             f"model '{record.model}' is not being served (app '{config.serve.app_name}'): {exc}. "

@@ -121,7 +121,7 @@ class BatchStore:
                 .where(BatchRecord.id == batch_id, BatchRecord.status.in_(tuple(from_statuses)))
                 .values(**fields)
             )
-        return result.rowcount == 1
+        return _rows_changed(result) == 1
 
     def claim_attempt(self, batch_id: str, current_attempt: int, job_id: str) -> bool:
         """Move an active batch from ``current_attempt`` to the next, run by ``job_id``; one caller wins."""
@@ -135,7 +135,7 @@ class BatchStore:
                 )
                 .values(attempt=current_attempt + 1, job_id=job_id)
             )
-        return result.rowcount == 1
+        return _rows_changed(result) == 1
 
     def set_progress(self, batch_id: str, *, completed: int, failed: int) -> None:
         """Record request counts while the batch runs."""
@@ -154,7 +154,13 @@ class BatchStore:
                 .where(BatchRecord.id == batch_id, BatchRecord.status.in_(tuple(from_statuses)))
                 .values(**fields)
             )
-            if result.rowcount != 1:
+            if _rows_changed(result) != 1:
                 return False
             session.add_all(row.record() for row in usage_rows)
         return True
+
+
+def _rows_changed(result: Any) -> int:
+    """Rows an UPDATE changed (SQLAlchemy types ``execute`` as returning rows; an UPDATE's result is
+    a ``CursorResult`` with a ``rowcount``)."""
+    return int(result.rowcount)

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI: one readable line per error, non-zero exit codes, tracebacks on request."""
     debug = bool(os.environ.get("RAYLANE_DEBUG"))
     if not debug:
-        warnings.formatwarning = _one_line_warning  # type: ignore[assignment]
+        warnings.formatwarning = _one_line_warning
     try:
         # Standalone mode: typer handles --help, usage errors (exit 2) and Ctrl-C itself.
         app(args=argv, prog_name="raylane")

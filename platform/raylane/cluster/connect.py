@@ -67,7 +67,7 @@ def ray_env(config: RaylaneConfig) -> dict[str, str]:
         >>> ray_env(cfg)
         {'RAY_AUTH_MODE': 'disabled', 'RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER': '0'}
     """
-    env = {"RAY_AUTH_MODE": config.ray.auth_mode}
+    env: dict[str, str] = {"RAY_AUTH_MODE": config.ray.auth_mode}
     if not config.is_remote:
         # Keeps Ray 2.60 on the loopback address we give the local head instead of a guessed external
         # IP. Never on a real cluster: it also makes every process take 127.0.0.1 as its node's IP.

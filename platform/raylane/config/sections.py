@@ -25,6 +25,7 @@ from pydantic import (
 from raylane.errors import ConfigError
 
 LaneName = Literal["etl", "train", "serve", "batch"]
+LANE_NAMES: tuple[LaneName, ...] = ("serve", "batch", "train", "etl")
 
 
 class _Model(BaseModel):
@@ -150,10 +151,10 @@ class LaneConfig(_Model):
     )
 
 
-DEFAULT_LANE_PRIORITIES = {"serve": 100, "train": 50, "etl": 40, "batch": 10}
+DEFAULT_LANE_PRIORITIES: dict[LaneName, int] = {"serve": 100, "train": 50, "etl": 40, "batch": 10}
 
 
-def _default_lanes() -> dict[str, LaneConfig]:
+def _default_lanes() -> dict[LaneName, LaneConfig]:
     return {lane: LaneConfig(priority=priority) for lane, priority in DEFAULT_LANE_PRIORITIES.items()}
 
 
@@ -298,7 +299,7 @@ class NodeGroupConfig(_Model):
         None, description="GPU model as Ray names it (e.g. A10G): the node's accelerator_type label."
     )
     lanes: list[LaneName] = Field(
-        default_factory=lambda: ["serve", "batch", "train", "etl"],
+        default_factory=lambda: list(LANE_NAMES),
         description="Lanes whose work may run here. Each node offers these lanes' quotas (at most the "
         "node's own CPUs/GPUs): on a cluster a lane quota applies per node.",
     )

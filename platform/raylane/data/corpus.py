@@ -301,7 +301,8 @@ def run_corpus(config: RaylaneConfig, params: CorpusParams) -> dict[str, Any]:
         ray.data.read_binary_files(
             [p for p, _ in files], filesystem=fs, include_paths=True, ray_remote_args=task
         )
-        .map_batches(prepare_batch, fn_kwargs={"options": options}, batch_format="pyarrow", **task)
+        # Ray's stub types the function without the keyword arguments fn_kwargs passes it.
+        .map_batches(prepare_batch, fn_kwargs={"options": options}, batch_format="pyarrow", **task)  # type: ignore[arg-type]
         .materialize()
     )
     meta = pa.concat_tables(

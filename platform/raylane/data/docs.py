@@ -141,7 +141,8 @@ def run_docs(config: RaylaneConfig, params: DocsParams) -> dict[str, Any]:
     rows = (
         ray.data.read_binary_files([p for p, _ in files], filesystem=fs, include_paths=True,
                                    ray_remote_args=task)
-        .map_batches(chunk_batch, fn_kwargs={"options": options}, batch_format="pyarrow", batch_size=8,
+        # Ray's stub types the function without the keyword arguments fn_kwargs passes it.
+        .map_batches(chunk_batch, fn_kwargs={"options": options}, batch_format="pyarrow", batch_size=8,  # type: ignore[arg-type]
                      **task)
         .materialize()
     )  # fmt: skip

@@ -54,7 +54,10 @@ class Embedder:
 
     @property
     def dimensions(self) -> int:
-        return int(self.model.get_embedding_dimension())
+        dimensions = self.model.get_embedding_dimension()
+        if dimensions is None:
+            raise ConfigError(f"{self.model} does not say how many dimensions its embeddings have")
+        return int(dimensions)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """A ``(len(texts), dimensions)`` float32 matrix of L2-normalized vectors."""

@@ -76,8 +76,9 @@ def _module_docs(module: str) -> Iterator[tuple[str, str]]:
     if doc := ast.get_docstring(tree):
         yield module, doc
     for node in tree.body:
-        public = isinstance(node, ast.ClassDef | ast.FunctionDef) and not node.name.startswith("_")
-        if public and (doc := ast.get_docstring(node)):
+        if not isinstance(node, ast.ClassDef | ast.FunctionDef) or node.name.startswith("_"):
+            continue
+        if doc := ast.get_docstring(node):
             yield f"{module}.{node.name}", doc
 
 

@@ -53,8 +53,11 @@ class OnlineLoad:
         if first_byte_at is None:
             return
         ttfb_ms = (first_byte_at - started) * 1000
-        fresh = self.ttfb_ms is None or time.perf_counter() - self._ttfb_seen_at > TTFB_MEMORY_S
-        self.ttfb_ms = ttfb_ms if fresh else SMOOTHING * ttfb_ms + (1 - SMOOTHING) * self.ttfb_ms
+        previous = self.ttfb_ms
+        if previous is None or time.perf_counter() - self._ttfb_seen_at > TTFB_MEMORY_S:
+            self.ttfb_ms = ttfb_ms
+        else:
+            self.ttfb_ms = SMOOTHING * ttfb_ms + (1 - SMOOTHING) * previous
         self._ttfb_seen_at = time.perf_counter()
 
     def busy(self, *, max_requests: int | None, max_ttfb_ms: float | None, calm_s: float = 0) -> bool:

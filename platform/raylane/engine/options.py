@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from raylane.config import ModelConfig
@@ -32,7 +33,7 @@ def engine_settings(
     *,
     max_ongoing_requests: int,
     stream_batching_ms: float = 0,
-    lane_resources: dict[str, float] | None = None,
+    lane_resources: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The ``LLMConfig`` fields for one model (the model source is filled in by the caller).
 

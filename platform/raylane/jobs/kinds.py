@@ -82,7 +82,7 @@ class JobKind:
 
     def run_function(self) -> Callable[[RaylaneConfig, Any], dict[str, Any]]:
         """The function that runs the job inside its Ray driver."""
-        return _attribute(self.run)  # type: ignore[no-any-return]
+        return _attribute(self.run)
 
     def validate_params(self, params: dict[str, Any]) -> JobParams:
         """Params as the kind's model, or pydantic's ``ValidationError``."""

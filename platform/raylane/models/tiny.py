@@ -47,7 +47,7 @@ def make_tiny_model(directory: str | Path, *, seed: int = 0, vocab_size: int = 2
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        torch_dtype="float32",
+        dtype="float32",
     )
     model = LlamaForCausalLM(config)
     model.save_pretrained(path, safe_serialization=True)

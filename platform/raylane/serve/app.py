@@ -104,5 +104,5 @@ def _router(config: RaylaneConfig, shared: dict[str, Any]) -> Any:
     options["ray_actor_options"] = {"num_cpus": 0}  # routing is I/O; the engines hold the CPUs
     if all(m.autoscaling.min_replicas == 0 for m in config.models):
         options.setdefault("autoscaling_config", {})["min_replicas"] = 0
-    ingress = serve.deployment(make_fastapi_ingress(Router, app=app), name=f"{DEPLOYMENT_PREFIX}router")
+    ingress: Any = serve.deployment(make_fastapi_ingress(Router, app=app), name=f"{DEPLOYMENT_PREFIX}router")
     return ingress.options(**options).bind(llm_deployments=deployments, model_cards=cards)

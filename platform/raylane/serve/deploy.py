@@ -157,7 +157,7 @@ def _wait_running(
         if status != last and on_status:
             on_status(status)
         last = status
-        if status == "RUNNING":
+        if status == "RUNNING" and app:
             return summarize(config, app)
         if status in FAILED:
             message = (app or {}).get("message") or _deployment_messages(app)

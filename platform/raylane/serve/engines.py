@@ -56,28 +56,32 @@ def resolve_model_source(config: RaylaneConfig, source: str) -> str:
 class ModelServer(LLMServer):
     """Ray's LLMServer, with the model files resolved on this node and, as ingress, the Gateway."""
 
-    async def __init__(
+    # Serve awaits an async constructor (LLMServer's own is one), which plain typing does not know.
+    async def __init__(  # type: ignore[misc]
         self, llm_config: LLMConfig, *, raylane_config: dict[str, Any], source: str, gateway: bool
-    ):
+    ) -> None:
         bind_replica_grpc_to_node_ip()
         lane_metrics.start_reporting()
         config = load_serving_config(raylane_config)
         local_path = await asyncio.to_thread(resolve_model_source, config, source)
         llm_config = llm_config.model_copy(deep=True)
-        llm_config.model_loading_config.model_source = local_path
+        loading = llm_config.model_loading_config
+        assert not isinstance(loading, dict)  # LLMConfig validates its dict form into the model
+        loading.model_source = local_path
         self._raylane_config = raylane_config
         self._gateway = gateway
         await super().__init__(llm_config)
 
     # Online requests from the multi-model router arrive here over a handle: count them, so that
-    # batch work on this engine can yield to them (the fast path counts them in the Gateway).
-    async def chat(self, request: Any, raw_request_info: Any = None) -> AsyncIterator[Any]:
+    # batch work on this engine can yield to them (the fast path counts them in the Gateway). Each
+    # returns LLMServer's own stream, wrapped: the same items, typed here as any async iterator.
+    async def chat(self, request: Any, raw_request_info: Any = None) -> AsyncIterator[Any]:  # type: ignore[override]
         return _counted_online(await super().chat(request, raw_request_info))
 
-    async def completions(self, request: Any, raw_request_info: Any = None) -> AsyncIterator[Any]:
+    async def completions(self, request: Any, raw_request_info: Any = None) -> AsyncIterator[Any]:  # type: ignore[override]
         return _counted_online(await super().completions(request, raw_request_info))
 
-    async def embeddings(self, request: Any, raw_request_info: Any = None) -> AsyncIterator[Any]:
+    async def embeddings(self, request: Any, raw_request_info: Any = None) -> AsyncIterator[Any]:  # type: ignore[override]
         return _counted_online(await super().embeddings(request, raw_request_info))
 
     async def run_batch(

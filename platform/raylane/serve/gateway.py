@@ -84,7 +84,7 @@ class KeyCache:
         digest = hash_secret(secret)
         cached = self._entries.get(digest)
         age = time.monotonic() - cached[0] if cached else None
-        if age is None or age >= self._ttl_s:
+        if cached is None or age is None or age >= self._ttl_s:
             # Shielded: a client that disconnects must not cancel a lookup other requests share.
             info = await asyncio.shield(self._lookup(digest, secret))
         else:

@@ -72,7 +72,7 @@ def train_loop(config: dict[str, Any]) -> None:
             s, warmup=params.warmup_steps, total=params.steps, floor=params.min_learning_rate_ratio
         ),
     )
-    progress = {"step": 0, "first_loss": None, "tokens": 0, "resumed_from": None}
+    progress: dict[str, Any] = {"step": 0, "first_loss": None, "tokens": 0, "resumed_from": None}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:

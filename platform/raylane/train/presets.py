@@ -35,12 +35,13 @@ def llama_config(
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}: choose one of {', '.join(sorted(PRESETS))}")
     shape: dict[str, Any] = dict(PRESETS[preset])
-    return LlamaConfig(
-        vocab_size=vocab_size,
+    settings: dict[str, Any] = {
+        "vocab_size": vocab_size,
         # RoPE extrapolates: serve longer prompts than the training rows (vLLM checks this bound).
-        max_position_embeddings=max(max_positions, 2048),
-        tie_word_embeddings=shape["hidden_size"] < 1024,  # small models: tied embeddings save most params
-        torch_dtype="float32",
+        "max_position_embeddings": max(max_positions, 2048),
+        "tie_word_embeddings": shape["hidden_size"] < 1024,  # small models: tied embeddings save most
+        "dtype": "float32",
         **shape,
         **(special_ids or {}),
-    )
+    }
+    return LlamaConfig(**settings)

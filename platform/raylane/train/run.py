@@ -191,7 +191,7 @@ def run_training(config: RaylaneConfig, params: TrainParams) -> dict[str, Any]:
         "val_loss": metrics.get("val_loss"),
         "tokens_per_s": metrics.get("tokens_per_s"),
         "resumed_from": metrics.get("resumed_from"),
-        "checkpoint": result.checkpoint.path,
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
         **registered,
         "seconds": round(time.perf_counter() - started, 2),
     }
