@@ -16,7 +16,7 @@ comma := ,
 UV_ENV := --overrides cluster/local/uv-overrides-cpu.txt --excludes cluster/local/uv-excludes.txt
 PYTEST_ARGS ?=
 
-.PHONY: setup lock demo test unit integration reliability lint bench image render migration clean
+.PHONY: setup lock demo test unit integration lint bench image render migration docs clean
 
 $(BIN)/raylane:
 	$(MAKE) setup
@@ -82,3 +82,7 @@ migration: $(BIN)/raylane
 
 clean:
 	rm -rf $(VENV) .raylane .pytest_cache
+
+# The generated references docs/config.md and docs/cli.md (a unit test fails when they are stale).
+docs: $(BIN)/raylane
+	$(BIN)/python -m raylane.cli.reference docs
