@@ -13,13 +13,12 @@ each a quota and a priority, and Ray, not raylane, enforces them:
   A lane without a quota asks for no lane resource.
 * **Priority is OS scheduling.** Ray's raylet starts workers at niceness 15, below its own
   processes (raylet, GCS, dashboard at 0). Nodes raylane starts set ``RAY_worker_niceness=0``
-  instead, so the top-priority lane (serving) runs at 0, level with Ray's system processes: at 15
-  a replica gets about 1/30 of a contended core (Linux's weights for niceness 15 and 0) whenever
-  they work, and the dashboard agent alone, exporting metrics, keeps about 12% of a core busy
-  (measured on 2 cores). The lanes below the top get niceness 15 and up to
-  4 levels more by their distance from it, and are also *background* by default: they run in
-  Linux's ``SCHED_IDLE`` class, so they get a core only when nothing else wants it (niceness alone
-  let a training run add seconds to online latency on 2 cores; measured). Job drivers and their
+  instead, so the top-priority lane (serving) runs at 0, level with Ray's system processes, which
+  would otherwise take most of a contended core whenever they work. The lanes below the top get
+  niceness 15 and up to 4 levels more by their distance from it, and are also *background* by
+  default: they run in Linux's ``SCHED_IDLE`` class, so they get a core only when nothing else
+  wants it (niceness alone did not keep online latency steady; the figures are in
+  ``docs/benchmarks.md``). Job drivers and their
   workers apply both through :func:`lower_priority` (the jobs' Ray ``worker_process_setup_hook``);
   where Linux groups CPU time by session (autogroups), a driver's session takes its niceness too.
 * **Where the OS allows, each lane below the top gets a CPU cgroup.** Autogroups put a Ray node's

@@ -25,7 +25,7 @@ from raylane.train.presets import llama_config
 
 RUNS_PREFIX = "train/runs"
 # Logical CPUs that must stay free of train workers so Ray Data can feed them: its file-listing
-# task asks for a whole CPU (measured: with 0.5 free, ingest never started).
+# task asks for a whole CPU, so with less free, ingest never starts.
 DATA_CPU_RESERVE = 1.0
 
 
