@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import sqlite3
 import time
@@ -87,6 +88,9 @@ class UsageRecord(Base):
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 @dataclass(frozen=True)
 class UsageRow:
     """One usage-ledger row as its writers build it (the Gateway, a batch's final accounting).
@@ -108,6 +112,13 @@ class UsageRow:
     latency_ms: float = 0.0
     request_id: str | None = None
     created_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        # Names come from clients: cut them to their columns and drop control characters (NUL
+        # breaks PostgreSQL's INSERT), so a hostile name can never jam the ledger's writes.
+        for name, limit in (("key_name", 128), ("model", 256), ("endpoint", 64)):
+            value = getattr(self, name)
+            object.__setattr__(self, name, _CONTROL.sub("", str(value))[:limit])
 
     def record(self) -> UsageRecord:
         """The ORM row to insert."""
@@ -255,6 +266,11 @@ class MetadataStore:
         """A session committed on success, rolled back on error."""
         with self._sessions() as session, session.begin():
             yield session
+
+    def ping(self) -> None:
+        """Raise unless the database answers a trivial query now."""
+        with self.engine.connect() as connection:
+            connection.execute(select(1))
 
     # -- API keys ------------------------------------------------------------------------------
 

@@ -7,7 +7,9 @@ RaylaneError                      exit 1   HTTP 500  server_error
 ├── AuthenticationError           exit 1   HTTP 401  authentication_error
 ├── PermissionDeniedError         exit 1   HTTP 403  permission_error
 ├── NotFoundError                 exit 1   HTTP 404  not_found_error
+├── MethodNotAllowedError         exit 2   HTTP 405  invalid_request_error
 ├── PayloadTooLargeError          exit 2   HTTP 413  invalid_request_error
+├── UnsupportedMediaTypeError     exit 2   HTTP 415  invalid_request_error
 ├── RateLimitError                exit 1   HTTP 429  rate_limit_error
 ├── StorageError                  exit 1   HTTP 502  storage_error
 ├── ClusterError                  exit 1   HTTP 503  cluster_error
@@ -97,6 +99,22 @@ class PayloadTooLargeError(RaylaneError):
 
     exit_code = 2
     http_status = 413
+    error_type = "invalid_request_error"
+
+
+class MethodNotAllowedError(RaylaneError):
+    """A route asked with a method it does not take."""
+
+    exit_code = 2
+    http_status = 405
+    error_type = "invalid_request_error"
+
+
+class UnsupportedMediaTypeError(RaylaneError):
+    """A request body in a format the route does not take (JSON routes take ``application/json``)."""
+
+    exit_code = 2
+    http_status = 415
     error_type = "invalid_request_error"
 
 

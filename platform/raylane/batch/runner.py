@@ -41,6 +41,7 @@ from raylane.batch.serving import serving_outputs
 from raylane.batch.store import BatchStore
 from raylane.config import ModelConfig, RaylaneConfig
 from raylane.db import BatchRecord, MetadataStore
+from raylane.engine.limits import SharedLimiter
 from raylane.jobs.kinds import Holdings, JobParams
 from raylane.metrics import batch_metrics
 from raylane.storage import Storage
@@ -147,12 +148,16 @@ def _run(
         outputs = _dedicated_outputs(config, record, todo)
     first_answer_at = None
     tokens = 0
+    limiter = SharedLimiter()  # batch lines count against the key's tokens per minute as they run
     with closing(outputs):  # a stop closes it, which cancels the engine calls still in flight
         for lines in outputs:
             generated = sum(_completion_tokens(line) for line in lines if is_success(line))
             if generated and first_answer_at is None:
                 first_answer_at = time.perf_counter()
             tokens += generated
+            used = generated + sum(_prompt_tokens(line) for line in lines if is_success(line))
+            if used:
+                limiter.charge(record.key_name, used)
             if stop := progress.write(lines):
                 return stop
     if first_answer_at is not None:
@@ -170,6 +175,11 @@ def _run(
 def _completion_tokens(line: dict[str, Any]) -> int:
     usage = line["response"]["body"].get("usage") or {}
     return int(usage.get("completion_tokens") or 0)
+
+
+def _prompt_tokens(line: dict[str, Any]) -> int:
+    usage = line["response"]["body"].get("usage") or {}
+    return int(usage.get("prompt_tokens") or 0)
 
 
 def _dedicated_outputs(

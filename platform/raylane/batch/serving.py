@@ -22,7 +22,7 @@ from raylane.batch.requests import error_line, response_line
 from raylane.batch.schema import BatchLine
 from raylane.config import RaylaneConfig
 from raylane.db import BatchRecord
-from raylane.engine.admission import apply_token_cap
+from raylane.engine.admission import ENGINE_FIELDS, apply_token_cap
 from raylane.engine.batch import BatchPolicy
 from raylane.engine.options import deployment_name
 from raylane.errors import RaylaneError
@@ -47,6 +47,8 @@ def serving_outputs(
         try:
             if body.get("stream"):
                 raise RaylaneError("stream is not supported in a batch.")
+            if steering := sorted(ENGINE_FIELDS & body.keys()):
+                raise RaylaneError(f"{steering[0]} is set by raylane, not by clients.", param=steering[0])
             apply_token_cap(body, cap)
         except RaylaneError as exc:
             refused.append(error_line(line.custom_id, 400, str(exc), param=getattr(exc, "param", None)))

@@ -208,6 +208,13 @@ class ServeConfig(_Model):
         1.0, gt=0, description="Seconds between batched writes of the usage ledger."
     )
     max_request_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest JSON request body accepted.")
+    max_n: int = Field(
+        8,
+        ge=1,
+        le=128,
+        description="Most sequences one request may generate (n, or prompts x max(n, best_of)); "
+        "OpenAI's own limit is 128.",
+    )
     stream_batching_interval_ms: float = Field(
         10, ge=0, description="Multi-model router only: how long a stream chunk may wait to be batched."
     )

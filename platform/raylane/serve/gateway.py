@@ -1,17 +1,25 @@
-"""The Gateway: what raylane adds in front of an OpenAI-compatible app (vLLM's, or Ray's router).
+"""The Gateway: the trust boundary in front of an OpenAI-compatible app (vLLM's, or Ray's router).
 
 It is plain ASGI middleware, so the same code guards a single model's replica (vLLM's own app,
-in-process: the fast path) and the multi-model router. For every request it:
+in-process: the fast path) and the multi-model router. It is *default deny*: it forwards only what
+it knows how to check. For every request it:
 
-1. lets ``/health``, ``/openapi.json`` and the docs through without a key; everything else needs
-   ``Authorization: Bearer <key>`` (401 otherwise);
+1. lets ``/health``, ``/ping``, ``/openapi.json`` and the docs through without a key; everything
+   else needs ``Authorization: Bearer <key>`` (401 otherwise); non-HTTP scopes (websockets) are
+   refused;
 2. hands ``/v1/files`` and ``/v1/batches`` to the Batch API (:mod:`raylane.batch.api`), with the key;
-3. reads the JSON body once: a model outside the key's list is 404 as if it did not exist, a
-   ``max_tokens`` above the key's cap is 400 (and the cap becomes the default when none is given);
-4. applies the key's requests/tokens-per-minute limits (429 with ``Retry-After``);
-5. asks the engine for usage on streams (and hides it again if the client did not ask);
-6. records key, model, tokens, latency and status in the usage ledger and in the metrics, and
-   counts engine requests in this process's online load (:mod:`raylane.engine.load`).
+3. admits an engine route's JSON body with :func:`raylane.engine.admission.admit` (415 unless the
+   body is declared JSON; parsed once, validated strictly, serialised again; the key's model list,
+   caps and ``n`` limit; client-set engine fields refused; the key's prefix-cache salt and the
+   Gateway's own request id set); answers ``/v1/models`` with the key's models only; and answers
+   every other route 404, in the OpenAI envelope;
+4. applies the key's requests/tokens-per-minute limits (429 with ``Retry-After``), reserving the
+   most a request may use and settling what it used when it ends;
+5. asks the engine for usage on streams (and hides it again if the client did not ask), and
+   charges a stream cut short by the chunks it sent;
+6. records key, model, tokens, latency and status in the usage ledger and in the metrics (a model
+   the deployment does not serve is recorded as ``unknown``), and counts engine requests in this
+   process's online load (:mod:`raylane.engine.load`).
 
 Errors it raises itself use the OpenAI envelope; errors from the app pass through untouched.
 """
@@ -21,25 +29,29 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from raylane import batch
 from raylane.config import RaylaneConfig, load_serving_config
 from raylane.db import KeyInfo, MetadataStore, UsageRow, hash_secret
-from raylane.engine.admission import apply_token_cap
+from raylane.engine.admission import ROUTES, admit, cache_salt_for
+from raylane.engine.limits import Limiter, SharedLimiter
 from raylane.engine.load import ONLINE
 from raylane.errors import (
     AuthenticationError,
     InvalidRequestError,
+    MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
     RateLimitError,
     RaylaneError,
+    UnsupportedMediaTypeError,
 )
 from raylane.serve.ledger import UsageLedger
-from raylane.serve.limits import Limiter, SharedLimiter
 from raylane.serve.sse import UsageTap
 
 logger = logging.getLogger(__name__)
@@ -48,9 +60,10 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 
 PUBLIC_PATHS = frozenset({"/health", "/ping", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
-# Online requests that run on an engine: counted in ONLINE so that batch work can yield to them.
-ENGINE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+MODELS_PATH = "/v1/models"
+UNKNOWN_MODEL = "unknown"  # the ledger's and the metrics' label for a model this deployment lacks
 NEGATIVE_CACHE_LIMIT = 10_000
+JSON_TYPES = (b"application/json",)
 
 
 class KeyCache:
@@ -130,6 +143,9 @@ class GatewayServices:
     ledger: UsageLedger
     max_request_bytes: int
     limiter: Limiter = field(default_factory=SharedLimiter)
+    max_n: int = 8
+    # Derives each key's prefix-cache salt; per process is enough (a salt only has to differ by key).
+    salt_secret: str = field(default_factory=lambda: secrets.token_hex(16))
     metrics: Any = None
 
     @classmethod
@@ -139,6 +155,7 @@ class GatewayServices:
             keys=KeyCache(store, config.serve.key_cache_ttl_s),
             ledger=UsageLedger(store, interval_s=config.serve.usage_flush_interval_s),
             max_request_bytes=config.serve.max_request_bytes,
+            max_n=config.serve.max_n,
         )
 
     def observe(self, **fields: Any) -> None:
@@ -164,6 +181,11 @@ class _Exchange:
     first_byte_at: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reserved: int = 0  # tokens held in the key's window while the request runs
+    ticket: int | None = None  # the tokens-per-minute reservation to settle
+    request_id: str = ""
+    client_request_id: bytes | None = None
+    tap: UsageTap | None = None
     response: list[bytes] = field(default_factory=list)
 
 
@@ -210,33 +232,47 @@ class Gateway:
         """Whether ``model`` exists for this key (served here and on its list)."""
         return key.allows(model) and (not self._served or model in self._served)
 
+    def _label(self, model: Any) -> str:
+        """How the ledger and the metrics name a requested model: never a client's arbitrary string."""
+        if not isinstance(model, str):
+            return "-"
+        return model if model in self._served else UNKNOWN_MODEL
+
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             return await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            return await _refuse_non_http(scope, receive, send)
         path = _route_path(scope)
         if path in PUBLIC_PATHS:
             return await self.app(scope, receive, send)
         services = self._services()
-        exchange = _Exchange(started=time.perf_counter(), path=path)
+        exchange = _Exchange(started=time.perf_counter(), path=path, request_id=f"raylane-{uuid.uuid4().hex}")
         app = self.app
         try:
             exchange.key = await services.keys.authenticate(_bearer(scope))
             if path.startswith(batch.API_PATHS):
                 app = self._batch_app()
                 scope = {**scope, batch.KEY_SCOPE: exchange.key}
-            elif scope["method"] == "POST":
+            elif path in ROUTES:
+                _require_method(scope, "POST")
                 scope, receive = await self._admit_body(scope, receive, exchange, services)
-            elif path.startswith("/v1/models/"):
-                exchange.model = path.removeprefix("/v1/models/")
-                if not self._visible(exchange.key, exchange.model):
-                    raise _model_not_found(exchange.model)
-            await self._check_limits(exchange.key, services)
+            elif path == MODELS_PATH or path.startswith(MODELS_PATH + "/"):
+                _require_method(scope, "GET")
+                if path != MODELS_PATH:
+                    requested = path.removeprefix(MODELS_PATH + "/")
+                    exchange.model = self._label(requested)
+                    if not self._visible(exchange.key, requested):
+                        raise _model_not_found(requested)
+            else:
+                raise NotFoundError(f"Unknown route: {scope['method']} {path}.", code="unknown_route")
+            await self._check_limits(exchange, services)
         except RaylaneError as exc:
             exchange.status = exc.http_status
             await _send_error(send, exc)
             self._finish(exchange, services)
             return
-        online = ONLINE.started() if path in ENGINE_PATHS else None
+        online = ONLINE.started() if path in ROUTES else None
         try:
             await app(scope, receive, self._responder(send, exchange))
         except Exception:
@@ -250,47 +286,49 @@ class Gateway:
     async def _admit_body(
         self, scope: Scope, receive: Any, exchange: _Exchange, services: GatewayServices
     ) -> tuple[Scope, Any]:
+        headers = scope["headers"]
+        content_types = [value for name, value in headers if name == b"content-type"]
+        media = content_types[0].split(b";")[0].strip().lower() if len(content_types) == 1 else b""
+        if media not in JSON_TYPES:
+            raise UnsupportedMediaTypeError(
+                "This route takes a JSON body: send one 'Content-Type: application/json' header."
+            )
         raw = await _read_body(receive, services.max_request_bytes)
-        content_type = dict(scope["headers"]).get(b"content-type", b"").lower()
-        if not raw or b"multipart/" in content_type or b"x-www-form-urlencoded" in content_type:
-            return scope, _replay(raw, receive)  # uploads and forms: the app decides
-        # Anything else is read as JSON whatever its content-type says, so that a missing header
-        # cannot slip a request past the model and token checks.
         try:
-            body = json.loads(raw)
+            parsed = json.loads(raw)
         except ValueError as exc:
             raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise InvalidRequestError("The request body must be a JSON object.")
         key = exchange.key
         assert key is not None
+        exchange.model = self._label(parsed.get("model") if isinstance(parsed, dict) else None)
+        admitted = admit(
+            exchange.path,
+            parsed,
+            cap=key.max_tokens,
+            max_n=services.max_n,
+            visible=lambda model: self._visible(key, model),
+            cache_salt=cache_salt_for(key.id, services.salt_secret),
+        )
+        exchange.model = admitted.model
         exchange.reads_usage = True
-        model = body.get("model")
-        if isinstance(model, str):
-            exchange.model = model
-            if not self._visible(key, model):
-                raise _model_not_found(model)
-        changed = apply_token_cap(body, key.max_tokens)
-        if body.get("stream") is True:
-            exchange.stream = True
-            options = body.get("stream_options")
-            wants_usage = isinstance(options, dict) and options.get("include_usage") is True
-            exchange.client_wants_usage = wants_usage
-            if not wants_usage:
-                body["stream_options"] = {
-                    **(options if isinstance(options, dict) else {}),
-                    "include_usage": True,
-                }
-                changed = True
-        if changed:
-            raw = json.dumps(body).encode()
-            scope = {**scope, "headers": _with_content_length(scope["headers"], len(raw))}
-        return scope, _replay(raw, receive)
+        exchange.stream = admitted.stream
+        exchange.client_wants_usage = admitted.client_wants_usage
+        exchange.reserved = admitted.reserved_tokens
+        body = {**admitted.body, "request_id": exchange.request_id}
+        encoded = json.dumps(body).encode()
+        # The client's own request id is echoed back, never handed to the shared engine.
+        exchange.client_request_id = next((v for k, v in headers if k == b"x-request-id"), None)
+        kept = [(k, v) for k, v in headers if k not in (b"x-request-id", b"content-length")]
+        scope = {**scope, "headers": [*kept, (b"content-length", str(len(encoded)).encode())]}
+        return scope, _replay(encoded, receive)
 
-    async def _check_limits(self, key: KeyInfo, services: GatewayServices) -> None:
+    async def _check_limits(self, exchange: _Exchange, services: GatewayServices) -> None:
+        key = exchange.key
+        assert key is not None
         if key.rpm is None and key.tpm is None:
             return
-        retry_after = await services.limiter.acquire(key.name, key.rpm, key.tpm)
+        reserve = exchange.reserved if key.tpm is not None else 0
+        retry_after, exchange.ticket = await services.limiter.acquire(key.name, key.rpm, key.tpm, reserve)
         if retry_after > 0:
             which = (
                 f"{key.rpm} requests" if key.tpm is None else f"{key.rpm or '-'} requests / {key.tpm} tokens"
@@ -304,13 +342,19 @@ class Gateway:
     def _responder(self, send: Any, exchange: _Exchange) -> Any:
         """Wraps ``send``: reads usage from the response, filters /v1/models by the key's list."""
         key = exchange.key
-        filter_models = exchange.path == "/v1/models" and key is not None and key.models is not None
+        filter_models = exchange.path == MODELS_PATH and key is not None and key.models is not None
         tap = UsageTap(forward_usage=exchange.client_wants_usage) if exchange.stream else None
+        exchange.tap = tap
         held_start: Message = {}
 
         async def responder(message: Message) -> None:
             if message["type"] == "http.response.start":
                 exchange.status = message["status"]
+                if exchange.reads_usage:
+                    ids = [(b"x-request-id", exchange.request_id.encode())]
+                    if exchange.client_request_id is not None:
+                        ids.append((b"x-client-request-id", exchange.client_request_id))
+                    message = {**message, "headers": [*message.get("headers", []), *ids]}
                 if filter_models and exchange.status == 200:
                     held_start.update(message)  # sent once the filtered body's length is known
                     return
@@ -356,7 +400,7 @@ class Gateway:
             exchange.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             exchange.completion_tokens = int(usage.get("completion_tokens") or 0)
         key = exchange.key
-        if exchange.path == "/v1/models" and key is not None and isinstance(data.get("data"), list):
+        if exchange.path == MODELS_PATH and key is not None and isinstance(data.get("data"), list):
             data["data"] = [m for m in data["data"] if isinstance(m, dict) and key.allows(str(m.get("id")))]
             return json.dumps(data).encode()
         return raw
@@ -364,6 +408,9 @@ class Gateway:
     def _finish(self, exchange: _Exchange, services: GatewayServices) -> None:
         now = time.perf_counter()
         key_name = exchange.key.name if exchange.key else "-"
+        tap = exchange.tap
+        if tap is not None and not tap.saw_usage:
+            exchange.completion_tokens = tap.generated_chunks  # cut short: charge what was sent
         tokens = exchange.prompt_tokens + exchange.completion_tokens
         status = exchange.status or 499  # the client went away before an answer started
         try:
@@ -387,14 +434,17 @@ class Gateway:
                 key_id=exchange.key.id,
                 key_name=key_name,
                 model=exchange.model,
-                endpoint=exchange.path.removeprefix("/v1/")[:64],
+                endpoint=exchange.path.removeprefix("/v1/"),
                 prompt_tokens=exchange.prompt_tokens,
                 completion_tokens=exchange.completion_tokens,
                 latency_ms=(now - exchange.started) * 1000,
                 status_code=status,
+                request_id=exchange.request_id,
             )
         )
-        if exchange.key.tpm is not None and tokens:
+        if exchange.ticket is not None:
+            services.limiter.settle(key_name, exchange.ticket, tokens)
+        elif exchange.key.tpm is not None and tokens:
             services.limiter.charge(key_name, tokens)
 
 
@@ -417,6 +467,18 @@ def _bearer(scope: Scope) -> str | None:
             scheme, _, token = value.decode("latin-1").partition(" ")
             return token.strip() if scheme.lower() == "bearer" else None
     return None
+
+
+def _require_method(scope: Scope, method: str) -> None:
+    if scope["method"] != method:
+        raise MethodNotAllowedError(f"{scope['method']} is not allowed here: use {method}.")
+
+
+async def _refuse_non_http(scope: Scope, receive: Any, send: Any) -> None:
+    """Websockets (and any other scope) carry no route the Gateway checks: refused before any app."""
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        await send({"type": "websocket.close", "code": 1008})
 
 
 def _model_not_found(model: str) -> NotFoundError:

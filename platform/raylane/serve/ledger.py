@@ -2,7 +2,9 @@
 
 One INSERT per request would put the database on every request's path; instead a background task
 flushes what accumulated every ``interval_s`` (and whatever is left when the server stops). A
-failed write keeps the records for the next attempt, so a short DB outage loses nothing.
+failed write keeps the records for the next attempt, so a short DB outage loses nothing. A batch
+that fails :data:`MAX_ATTEMPTS` times is written row by row, and a row the database still refuses
+is set aside with a log line: it never blocks the rows behind it.
 
 Example:
     >>> import asyncio
@@ -26,6 +28,7 @@ from raylane.db import MetadataStore, UsageRow
 
 logger = logging.getLogger(__name__)
 MAX_PENDING = 100_000  # beyond this (a DB down for a long time) the oldest records are dropped
+MAX_ATTEMPTS = 3  # batch writes before the rows are tried one by one
 
 
 class UsageLedger:
@@ -35,6 +38,8 @@ class UsageLedger:
         self._store = store
         self._interval_s = interval_s
         self._pending: list[UsageRow] = []
+        self._failures = 0
+        self.set_aside: list[UsageRow] = []  # rows the database refused on their own (the newest 1000)
         self._task: asyncio.Task[None] | None = None
 
     def record(self, row: UsageRow) -> None:
@@ -55,10 +60,40 @@ class UsageLedger:
         try:
             await asyncio.to_thread(self._store.record_usage, batch)
         except Exception as exc:  # noqa: BLE001 - keep the rows and retry on the next tick
-            logger.warning("usage ledger write failed (%s rows kept): %s", len(batch), exc)
-            self._pending[:0] = batch
-            return 0
+            self._failures += 1
+            if self._failures < MAX_ATTEMPTS:
+                logger.warning("usage ledger write failed (%s rows kept): %s", len(batch), exc)
+                self._pending[:0] = batch
+                return 0
+            return await self._one_by_one(batch)
+        self._failures = 0
         return len(batch)
+
+    async def _one_by_one(self, batch: list[UsageRow]) -> int:
+        """Write rows singly: a row the database refuses is set aside; a database that refuses all
+        of them is down, and the rows wait for the next flush."""
+        written = 0
+        for index, row in enumerate(batch):
+            try:
+                await asyncio.to_thread(self._store.record_usage, [row])
+            except Exception as exc:  # noqa: BLE001 - decided below: one bad row, or no database
+                if not await self._database_answers():
+                    self._pending[:0] = batch[index:]
+                    logger.warning("usage ledger unavailable (%s rows kept): %s", len(batch) - index, exc)
+                    return written
+                logger.error("usage row set aside (key %s, model %s): %s", row.key_name, row.model, exc)
+                self.set_aside = [*self.set_aside[-999:], row]
+                continue
+            written += 1
+        self._failures = 0
+        return written
+
+    async def _database_answers(self) -> bool:
+        try:
+            await asyncio.to_thread(self._store.ping)
+        except Exception:  # noqa: BLE001 - any failure means: not now
+            return False
+        return True
 
     async def _run(self) -> None:
         while self._pending:

@@ -2,7 +2,8 @@
 
 The gateway always asks the engine for the final usage chunk (``stream_options.include_usage``), so
 streamed requests are counted exactly; when the client did not ask for it, that chunk is taken out
-of the stream again so the client sees what it asked for.
+of the stream again so the client sees what it asked for. A stream that ends before its usage chunk
+(the client went away) is charged by its content chunks: the engine sends one per generated token.
 
 Example:
     >>> tap = UsageTap(forward_usage=False)
@@ -11,8 +12,8 @@ Example:
     >>> usage = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}\\n\\n'
     >>> tap.feed(usage + b'data: [DONE]\\n\\n')
     b'data: [DONE]\\n\\n'
-    >>> tap.prompt_tokens, tap.completion_tokens
-    (3, 1)
+    >>> tap.prompt_tokens, tap.completion_tokens, tap.generated_chunks
+    (3, 1, 1)
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class UsageTap:
         self.forward_usage = forward_usage
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.generated_chunks = 0  # content chunks seen: the charge when no usage chunk arrives
+        self.saw_usage = False
         self._partial = b""
 
     def feed(self, chunk: bytes) -> bytes:
@@ -39,6 +42,7 @@ class UsageTap:
             self._partial = data
             return b""
         complete, self._partial = data[: end + 2], data[end + 2 :]
+        self.generated_chunks += complete.count(b'"delta"') + complete.count(b'"text"')
         # Cheap test first: only the usage chunk has token counts in it.
         if b'"prompt_tokens"' not in complete:
             return complete
@@ -60,4 +64,5 @@ class UsageTap:
             return True
         self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         self.completion_tokens = int(usage.get("completion_tokens") or 0)
+        self.saw_usage = True
         return self.forward_usage

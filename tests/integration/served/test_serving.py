@@ -193,8 +193,24 @@ def test_max_tokens_above_the_keys_cap_is_400(served: Served):
         b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}',
         b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 100000000}',
         b'{"model": 7, "messages": [{"role": "user", "content": "x"}]}',
+        b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": "64"}',
+        b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "stream": "true"}',
+        b'{"messages": [{"role": "user", "content": "x"}]}',
+        b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "priority": -9}',
     ],
-    ids=["malformed", "not-an-object", "wrong-type", "empty-messages", "negative", "huge", "model-type"],
+    ids=[
+        "malformed",
+        "not-an-object",
+        "wrong-type",
+        "empty-messages",
+        "negative",
+        "huge",
+        "model-type",
+        "string-max-tokens",
+        "string-stream",
+        "no-model",
+        "client-priority",
+    ],
 )
 def test_bad_requests_get_a_4xx_envelope_and_the_server_stays_healthy(served: Served, body: bytes):
     response = served.post("/chat/completions", body)
@@ -203,6 +219,21 @@ def test_bad_requests_get_a_4xx_envelope_and_the_server_stays_healthy(served: Se
     assert error["message"] and error["type"]
     ok = served.client().completions.create(model="tiny", prompt="x", max_tokens=1)
     assert ok.usage.completion_tokens == 1
+
+
+def test_only_checked_routes_and_json_bodies_reach_the_engines(served: Served):
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
+    as_text = served.post("/chat/completions", json.dumps(body).encode(), **{"content-type": "text/plain"})
+    assert as_text.status_code == 415 and as_text.json()["error"]["type"] == "invalid_request_error"
+    for path in (
+        "/responses",
+        "/../tokenize",
+        "/../pooling",
+        "/../inference/v1/generate",
+        "/load_lora_adapter",
+    ):
+        response = served.post(path, body)
+        assert response.status_code == 404 and response.json()["error"]["code"] == "unknown_route", path
 
 
 def test_public_routes_need_no_key(served: Served):

@@ -7,7 +7,7 @@ import socket
 import time
 from pathlib import Path
 
-from tests.harness import clean_env, free_ports, run_cli
+from tests.harness import REPO, clean_env, free_ports, run_cli
 
 
 def test_missing_config_file_exits_2_with_one_line(tmp_path: Path):
@@ -29,7 +29,7 @@ def test_unknown_config_key_names_key_and_file(tmp_path: Path):
 def test_submit_without_a_cluster_says_to_run_up(tmp_path: Path):
     port = free_ports(1)[0]
     (tmp_path / "raylane.yaml").write_text(f"ray: {{ports: {{dashboard: {port}}}}}\n")
-    result = run_cli("submit", str(Path(__file__).parents[2] / "jobs" / "smoke.yaml"), cwd=tmp_path)
+    result = run_cli("submit", str(REPO / "jobs" / "smoke.yaml"), cwd=tmp_path)
     assert result.returncode == 1
     assert "raylane up" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 

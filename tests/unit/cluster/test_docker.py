@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-DOCKERFILE = Path(__file__).parents[2] / "cluster" / "docker" / "Dockerfile"
+from tests.harness import REPO
+
+DOCKERFILE = REPO / "cluster" / "docker" / "Dockerfile"
 
 
 def stages() -> dict[str, tuple[str, str]]:
@@ -36,5 +38,5 @@ def test_cpu_and_gpu_targets_install_the_raylane_wheel_with_their_extra():
     assert gpu_base.startswith("rayproject/ray:") and re.search(r"-cu\d+$", gpu_base)  # a CUDA base
     assert 'raylane-*.whl)[cpu]"' in cpu and "download.pytorch.org/whl/cpu" in cpu
     assert 'raylane-*.whl)[gpu]"' in gpu and "pytorch.org/whl/cpu" not in gpu
-    ray_pin = re.search(r'"ray\[[^\]]+\]==([\d.]+)"', (DOCKERFILE.parents[2] / "pyproject.toml").read_text())
+    ray_pin = re.search(r'"ray\[[^\]]+\]==([\d.]+)"', (REPO / "pyproject.toml").read_text())
     assert ray_pin and f"ARG RAY_VERSION={ray_pin.group(1)}" in DOCKERFILE.read_text()  # same Ray everywhere

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -12,9 +11,8 @@ import yaml
 
 from raylane.config import RaylaneConfig, load_config
 from raylane.render import render, warnings
-from tests.harness import run_cli
+from tests.harness import REPO, run_cli
 
-REPO = Path(__file__).parents[2]
 EXAMPLE = REPO / "cluster" / "raylane.cluster.yaml"
 CRDS = REPO / "tests" / "data" / "kuberay-crds"  # vendored from KubeRay: see its README
 CRD_FILES = {

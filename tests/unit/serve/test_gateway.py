@@ -25,9 +25,9 @@ from starlette.routing import Route
 
 from raylane.config import RaylaneConfig
 from raylane.db import MetadataStore
+from raylane.engine.limits import LocalLimiter
 from raylane.serve.gateway import Gateway, GatewayServices, KeyCache
 from raylane.serve.ledger import UsageLedger
-from raylane.serve.limits import LocalLimiter
 
 MODELS = ("tiny", "other")
 PROMPT_TOKENS, COMPLETION_TOKENS = 7, 5
@@ -35,9 +35,14 @@ PROMPT_TOKENS, COMPLETION_TOKENS = 7, 5
 
 @dataclass
 class StandInEngine:
-    """A small ASGI app in place of vLLM's: OpenAI-shaped answers, and a record of what came in."""
+    """A small ASGI app in place of vLLM's: OpenAI-shaped answers, and a record of what came in.
+
+    A message "hold" waits for :attr:`release` before answering (requests stay in flight); a stream
+    whose message is "cut" ends after its content chunks, with no usage chunk (a client gone).
+    """
 
     received: list[dict[str, Any]] = field(default_factory=list)
+    release: asyncio.Event | None = None
 
     def app(self) -> Starlette:
         return Starlette(
@@ -52,13 +57,16 @@ class StandInEngine:
     async def generate(self, request: Request) -> Response:
         body = await request.json()
         self.received.append({"path": request.url.path, "body": body, "headers": dict(request.headers)})
+        said = (body.get("messages") or [{}])[0].get("content")
+        if said == "hold" and self.release is not None:
+            await self.release.wait()
         usage = {
             "prompt_tokens": PROMPT_TOKENS,
             "completion_tokens": COMPLETION_TOKENS,
             "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
         }
         if body.get("stream"):
-            include_usage = (body.get("stream_options") or {}).get("include_usage")
+            include_usage = (body.get("stream_options") or {}).get("include_usage") and said != "cut"
             return StreamingResponse(self._events(body["model"], usage if include_usage else None))
         return JSONResponse({"id": "cmpl-1", "model": body["model"], "choices": [], "usage": usage})
 
@@ -126,8 +134,8 @@ def run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
 
 
-def chat(model: str | None = "tiny", **fields: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}], **fields}
+def chat(model: str | None = "tiny", say: str = "hi", **fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": say}], **fields}
     if model is not None:
         body["model"] = model
     return body
@@ -253,3 +261,176 @@ def test_every_request_leaves_one_ledger_row_with_key_model_tokens_and_status(ri
         ("ledgered", "other", "chat/completions", 404, 0),
     ]
     assert all(r.latency_ms > 0 for r in rows)
+
+
+def test_bodies_are_json_declared_as_json_whatever_the_content_type_tricks(rig: Rig):
+    async def go() -> None:
+        key = rig.key("k")
+        raw = json.dumps(chat()).encode()
+        url = "/v1/chat/completions"
+        for content_type in (
+            "multipart/form-data; boundary=x",
+            "text/plain",
+            "application/x-www-form-urlencoded",
+        ):
+            response = await rig.client.post(url, content=raw, headers={**key, "content-type": content_type})
+            assert_openai_error(response, 415)
+        assert_openai_error(await rig.client.post(url, content=raw, headers=key), 415)  # none at all
+        two = httpx.Headers(
+            [*key.items(), ("content-type", "application/json"), ("content-type", "text/plain")]
+        )
+        assert_openai_error(await rig.client.post(url, content=raw, headers=two), 415)
+        ok = {**key, "content-type": "application/json; charset=utf-8"}
+        assert (await rig.client.post(url, content=raw, headers=ok)).status_code == 200
+
+    run(go())
+    assert len(rig.engine.received) == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"model": None}, "model"),
+        ({"max_tokens": "64"}, "max_tokens"),
+        ({"max_tokens": 64.0}, "max_tokens"),
+        ({"max_tokens": True}, "max_tokens"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"stream": "true"}, "stream"),
+        ({"stream": 1}, "stream"),
+        ({"n": 1000}, "n"),
+        ({"n": "2"}, "n"),
+        ({"model": "x" * 300}, "model"),
+        ({"model": "tiny\u0000"}, "model"),
+        ({"priority": -100}, "priority"),
+        ({"request_id": "someone-elses"}, "request_id"),
+        ({"cache_salt": "probe"}, "cache_salt"),
+    ],
+)
+def test_type_confusion_and_engine_fields_are_400_and_never_reach_the_engine(rig: Rig, fields, param):
+    async def go() -> httpx.Response:
+        body = {**chat(), **fields}
+        if fields.get("model", "") is None:
+            del body["model"]
+        return await rig.client.post(
+            "/v1/chat/completions", json=body, headers=rig.key("capped", max_tokens=8)
+        )
+
+    error = assert_openai_error(run(go()), 400)
+    assert error["param"] == param
+    assert rig.engine.received == []
+    (row,) = run(rig.ledger_rows())
+    assert row.model in ("unknown", "-", "tiny")  # never the client's arbitrary string
+
+
+def test_a_missing_model_is_400(rig: Rig):
+    body = chat(model=None)
+    response = run(rig.client.post("/v1/chat/completions", json=body, headers=rig.key("k")))
+    assert assert_openai_error(response, 400)["param"] == "model"
+
+
+def test_prompt_lists_and_best_of_count_as_sequences(rig: Rig):
+    async def go() -> list[int]:
+        key = rig.key("lists", max_tokens=8)
+        statuses = []
+        for body in (
+            {"model": "tiny", "prompt": ["p"] * 64, "max_tokens": 8},  # 64 sequences
+            {"model": "tiny", "prompt": "p", "n": 2, "best_of": 9},  # 9 sequences
+            {"model": "tiny", "prompt": ["p", "q"], "n": 4},  # 8: allowed
+            {"model": "tiny", "prompt": [1, 2, 3]},  # one prompt of token ids
+        ):
+            statuses.append((await rig.client.post("/v1/completions", json=body, headers=key)).status_code)
+        return statuses
+
+    assert run(go()) == [400, 400, 200, 200]
+    assert [r["body"]["max_tokens"] for r in rig.engine.received] == [8, 8]
+
+
+def test_only_the_routes_the_gateway_checks_are_forwarded(rig: Rig):
+    async def go() -> None:
+        key = rig.key("k")
+        for method, path in [
+            ("POST", "/v1/responses"),
+            ("POST", "/inference/v1/generate"),
+            ("POST", "/invocations"),
+            ("POST", "/pooling"),
+            ("POST", "/tokenize"),
+            ("POST", "/v1/load_lora_adapter"),
+            ("POST", "/pause"),
+            ("GET", "/metrics"),
+            ("POST", "/v1/chat/completions/../../pause"),
+        ]:
+            response = await rig.client.request(method, path, json=chat(), headers=key)
+            assert_openai_error(response, 404)
+        assert_openai_error(await rig.client.get("/v1/chat/completions", headers=key), 405)
+        assert_openai_error(await rig.client.post("/tokenize", json=chat()), 401)  # no key: 401 first
+
+    run(go())
+    assert rig.engine.received == []
+
+
+def test_engine_sees_the_gateways_request_id_and_a_salt_per_key(rig: Rig):
+    async def go() -> list[httpx.Response]:
+        first, second = rig.key("a"), rig.key("b")
+        sent = {"x-request-id": "client-7"}
+        return [
+            await rig.client.post("/v1/chat/completions", json=chat(), headers={**first, **sent}),
+            await rig.client.post("/v1/chat/completions", json=chat(), headers=first),
+            await rig.client.post("/v1/chat/completions", json=chat(), headers=second),
+        ]
+
+    responses = run(go())
+    bodies = [r["body"] for r in rig.engine.received]
+    salts = [b["cache_salt"] for b in bodies]
+    assert salts[0] == salts[1] != salts[2]  # one salt per key: no cross-tenant prefix cache hits
+    assert all(b["request_id"].startswith("raylane-") for b in bodies)
+    assert "x-request-id" not in rig.engine.received[0]["headers"]
+    assert responses[0].headers["x-client-request-id"] == "client-7"
+    assert responses[0].headers["x-request-id"] == bodies[0]["request_id"]
+    rows = run(rig.ledger_rows())
+    assert [r.request_id for r in rows] == [b["request_id"] for b in bodies]
+
+
+def test_tokens_per_minute_hold_reservations_of_requests_in_flight(rig: Rig):
+    async def go() -> list[int]:
+        rig.engine.release = asyncio.Event()
+        key = rig.key("tpm", tpm=200)
+        held = [
+            asyncio.create_task(
+                rig.client.post("/v1/chat/completions", json=chat(say="hold", max_tokens=50), headers=key)
+            )
+            for _ in range(3)
+        ]
+        while len(rig.engine.received) < 3:
+            await asyncio.sleep(0.01)
+        # Three requests hold about 3 x 52 of 200 tokens: a fourth cannot fit beside them.
+        refused = await rig.client.post("/v1/chat/completions", json=chat(max_tokens=50), headers=key)
+        rig.engine.release.set()
+        statuses = [r.status_code for r in await asyncio.gather(*held)]
+        # Settled at what they used (12 each), the window has room again.
+        after = await rig.client.post("/v1/chat/completions", json=chat(max_tokens=50), headers=key)
+        return [*statuses, refused.status_code, after.status_code]
+
+    assert run(go()) == [200, 200, 200, 429, 200]
+
+
+def test_a_stream_cut_short_is_charged_the_chunks_it_sent(rig: Rig):
+    response = run(
+        rig.client.post("/v1/chat/completions", json=chat(say="cut", stream=True), headers=rig.key("cut"))
+    )
+    assert response.status_code == 200 and '"usage"' not in response.text
+    (row,) = run(rig.ledger_rows())
+    assert row.completion_tokens >= 2  # "Hel", "lo": never the 0 a missing usage chunk would give
+
+
+def test_websockets_are_refused_before_any_app(rig: Rig):
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/v1/chat/completions", "headers": [], "root_path": ""}
+    run(rig.gateway(scope, receive, send))
+    assert sent == [{"type": "websocket.close", "code": 1008}]

@@ -11,11 +11,12 @@ import pytest
 
 from raylane.config import ModelConfig, RaylaneConfig
 from raylane.db import KeyInfo, MetadataStore
+from raylane.engine.admission import apply_token_cap
+from raylane.engine.limits import SlidingWindow
 from raylane.engine.options import engine_settings
 from raylane.errors import AuthenticationError, InvalidRequestError
 from raylane.serve.deploy import base_url, parse_model_flag, with_models
-from raylane.serve.gateway import KeyCache, _bearer, _route_path, apply_token_cap
-from raylane.serve.limits import SlidingWindow
+from raylane.serve.gateway import KeyCache, _bearer, _route_path
 from raylane.serve.sse import UsageTap
 
 
@@ -26,20 +27,32 @@ def key(**limits) -> KeyInfo:
 
 def test_rpm_admits_up_to_the_limit_then_says_when():
     window = SlidingWindow()
-    assert [window.acquire("a", rpm=3, tpm=None, now=t) for t in (0.0, 1.0, 2.0)] == [0.0, 0.0, 0.0]
-    assert window.acquire("a", rpm=3, tpm=None, now=5.0) == pytest.approx(55.0)
-    assert window.acquire("b", rpm=3, tpm=None, now=5.0) == 0.0  # keys are independent
-    assert window.acquire("a", rpm=3, tpm=None, now=60.5) == 0.0  # the first request left the window
+    assert [window.acquire("a", rpm=3, tpm=None, now=t)[0] for t in (0.0, 1.0, 2.0)] == [0.0, 0.0, 0.0]
+    assert window.acquire("a", rpm=3, tpm=None, now=5.0)[0] == pytest.approx(55.0)
+    assert window.acquire("b", rpm=3, tpm=None, now=5.0)[0] == 0.0  # keys are independent
+    assert window.acquire("a", rpm=3, tpm=None, now=60.5)[0] == 0.0  # the first request left the window
 
 
 def test_tpm_blocks_once_spent_until_enough_tokens_expire():
     window = SlidingWindow()
-    assert window.acquire("a", rpm=None, tpm=100, now=0.0) == 0.0
+    assert window.acquire("a", rpm=None, tpm=100, now=0.0)[0] == 0.0
     window.charge("a", 80, now=1.0)
-    assert window.acquire("a", rpm=None, tpm=100, now=2.0) == 0.0
+    assert window.acquire("a", rpm=None, tpm=100, now=2.0)[0] == 0.0
     window.charge("a", 30, now=3.0)
-    assert window.acquire("a", rpm=None, tpm=100, now=4.0) == pytest.approx(57.0)
-    assert window.acquire("a", rpm=None, tpm=100, now=61.5) == 0.0
+    assert window.acquire("a", rpm=None, tpm=100, now=4.0)[0] == pytest.approx(57.0)
+    assert window.acquire("a", rpm=None, tpm=100, now=61.5)[0] == 0.0
+
+
+def test_reservations_bound_what_requests_in_flight_can_overshoot_and_settle_to_what_was_used():
+    window = SlidingWindow()
+    _, first = window.acquire("a", rpm=None, tpm=100, now=0.0, reserve=150)  # an empty window admits one
+    assert first is not None
+    assert window.acquire("a", rpm=None, tpm=100, now=1.0, reserve=1)[0] > 0  # nothing fits beside it
+    window.settle("a", first, 20, now=2.0)  # it used 20
+    _, second = window.acquire("a", rpm=None, tpm=100, now=3.0, reserve=80)
+    assert second is not None and window.acquire("a", rpm=None, tpm=100, now=3.5, reserve=1)[0] > 0
+    window.settle("a", second, 80, now=4.0)
+    window.settle("a", 999, 5, now=4.0)  # an unknown (expired) ticket is charged as it stands
 
 
 def test_key_cache_answers_past_half_its_ttl_without_waiting_and_applies_revocations(tmp_path: Path):
