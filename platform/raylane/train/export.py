@@ -24,7 +24,7 @@ def export_checkpoint(checkpoint, directory: Path, store: Storage, tokenizer_pre
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     with checkpoint.as_directory() as source:
-        state = torch.load(Path(source) / STATE_FILE, map_location="cpu", weights_only=False)
+        state = torch.load(Path(source) / STATE_FILE, map_location="cpu", weights_only=True)
     model = LlamaForCausalLM(LlamaConfig.from_dict(state["config"]))
     model.load_state_dict(state["model"])
     model.save_pretrained(directory, safe_serialization=True)
