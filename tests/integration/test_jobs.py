@@ -52,6 +52,11 @@ def test_submit_wait_runs_the_smoke_job_on_local_storage(ray_project: RayProject
     assert outcome["version"] == "v1" and outcome["input_files"] == 3
     store = Storage.from_uri((ray_project.path / ".raylane").as_uri())
     check_published(store, "it/local-out", files=3, lines=50)
+    # The head's processes write user data private: files 0600, folders 0700.
+    written = [p for p in (ray_project.path / ".raylane").rglob("*") if "local-out" in str(p)]
+    assert written and all(p.stat().st_mode & 0o077 == 0 for p in written), [
+        (str(p), oct(p.stat().st_mode)) for p in written
+    ]
 
     listed = ray_project.cli("jobs", "list", "--json")
     assert any(j["id"] == job_id and j["status"] == "SUCCEEDED" for j in json.loads(listed.stdout))

@@ -78,6 +78,8 @@ def _one_line_warning(message: Warning | str, category: type[Warning], *_: objec
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI: one readable line per error, non-zero exit codes, tracebacks on request."""
     debug = bool(os.environ.get("RAYLANE_DEBUG"))
+    # What the CLI writes (the SQLite DB, state, downloads) holds keys' digests and user data.
+    os.umask(0o077)
     if not debug:
         warnings.formatwarning = _one_line_warning
     try:

@@ -26,6 +26,7 @@ from raylane.config import RaylaneConfig, mask_url_password
 from raylane.errors import ClusterError, PortInUseError
 from raylane.lanes import cgroups
 
+PRIVATE_UMASK = 0o077
 HEAD_RECORD = "head.json"
 HEAD_LOG = "head.log"
 
@@ -224,6 +225,7 @@ def up(config: RaylaneConfig) -> tuple[HeadRecord, bool]:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            umask=PRIVATE_UMASK,  # every Ray process, job and replica writes user data 0600, dirs 0700
         )
     urls = local_urls(config)
     record = HeadRecord(

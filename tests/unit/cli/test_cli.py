@@ -75,3 +75,11 @@ def test_down_without_a_head_is_a_no_op(tmp_path: Path):
 def test_unknown_command_is_a_usage_error(tmp_path: Path):
     result = run_cli("frobnicate", cwd=tmp_path)
     assert result.returncode == 2
+
+
+def test_the_metadata_db_and_state_the_cli_writes_are_private(tmp_path: Path):
+    created = run_cli("keys", "create", "alice", cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    state = tmp_path / ".raylane" / "state"
+    assert (state / "raylane.db").stat().st_mode & 0o777 == 0o600
+    assert state.stat().st_mode & 0o077 == 0
