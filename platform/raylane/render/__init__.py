@@ -9,8 +9,8 @@ Example:
     >>> from raylane.config import RaylaneConfig
     >>> files = render(RaylaneConfig(), "kuberay")
     >>> sorted(files)  # doctest: +NORMALIZE_WHITESPACE
-    ['prometheus-monitors.yaml', 'ray-cluster.cpu.yaml', 'ray-cluster.gpu.yaml', 'ray-job.corpus.yaml',
-     'ray-job.train.yaml', 'ray-service.raylane.yaml']
+    ['network-policies.yaml', 'prometheus-monitors.yaml', 'ray-cluster.cpu.yaml', 'ray-cluster.gpu.yaml',
+     'ray-job.corpus.yaml', 'ray-job.train.yaml', 'ray-service.raylane.yaml']
 """
 
 from __future__ import annotations

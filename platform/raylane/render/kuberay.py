@@ -10,6 +10,8 @@
   traffic moves; a models-only change updates the Serve app in place).
 * ``ray-job.corpus.yaml`` / ``ray-job.train.yaml``: raylane's jobs submitted by KubeRay to the shared
   cluster (``clusterSelector``), at their lane's priority.
+* ``network-policies.yaml``: default-deny ingress for the Ray pods, then Serve's API for everyone,
+  the metrics port for Prometheus only, the dashboard for the operator and raylane's job submitters.
 * ``prometheus-monitors.yaml``: a ServiceMonitor (head) and a PodMonitor (workers) for the
   Prometheus operator, scraping Ray's metrics port (raylane's metrics included).
 """
@@ -43,6 +45,8 @@ API_VERSION = "ray.io/v1"
 # Jobs KubeRay submits, and the lane each runs in (their configs are jobs/<name>.yaml in the image).
 KUBERAY_JOBS = ("corpus", "train")
 CONFIG_KEY = "raylane.json"
+SUBMITTER = "ray-job-submitter"  # the label component of the pods that submit raylane's RayJobs
+RAY_NODE = "ray-node"  # the label component of every Ray pod
 
 
 def render_kuberay(config: RaylaneConfig) -> dict[str, str]:
@@ -63,6 +67,12 @@ def render_kuberay(config: RaylaneConfig) -> dict[str, str]:
             ray_service(config),
             header=generated_header(
                 "kuberay", "raylane's OpenAI-compatible serving as a KubeRay RayService."
+            ),
+        ),
+        "network-policies.yaml": to_yaml(
+            *network_policies(config),
+            header=generated_header(
+                "kuberay", "Who may reach the Ray pods: Serve's API, Prometheus, the operator, jobs."
             ),
         ),
         "prometheus-monitors.yaml": to_yaml(
@@ -201,7 +211,7 @@ def _pod(config: RaylaneConfig, group: NodeGroupConfig, *, head: bool) -> dict[s
         pod["nodeSelector"] = {"node.kubernetes.io/instance-type": group.instance_type}
     if group.gpus:
         pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    return {"metadata": {"labels": _labels("ray-node")}, "spec": pod}
+    return {"metadata": {"labels": _labels(RAY_NODE)}, "spec": pod}
 
 
 def serve_config(config: RaylaneConfig) -> dict[str, Any]:
@@ -263,13 +273,74 @@ def ray_job(config: RaylaneConfig, job: str) -> dict[str, Any]:
             "runtimeEnvYAML": yaml.safe_dump(sub.runtime_env, sort_keys=True),
             "metadata": sub.metadata,
             "submitterPodTemplate": {
+                "metadata": {"labels": _labels(SUBMITTER)},
                 "spec": {
                     "restartPolicy": "Never",
                     "containers": [{"name": "ray-job-submitter", "image": config.cluster.image}],
-                }
+                },
             },
         },
     }
+
+
+def network_policies(config: RaylaneConfig) -> list[dict[str, Any]]:
+    """Ingress rules for the cluster's pods (see ``docs/cluster.md``): default deny, then
+
+    * the Ray pods reach each other on every port (GCS, raylets, object transfer, replicas);
+    * anyone reaches Serve's port (the API: every request there passes the Gateway's keys);
+    * only Prometheus reaches the metrics port (its series carry key and model names);
+    * only the KubeRay operator and raylane's job submitters reach the dashboard (the Jobs API).
+    """
+    cluster = config.cluster
+    # Every Ray pod raylane renders, the RayService's own clusters included (KubeRay names those).
+    ray_pods = {"matchLabels": _labels(RAY_NODE)}
+
+    def policy(name: str, ingress: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _metadata(config, f"{cluster.name}-{name}", "network-policy"),
+            "spec": {"podSelector": ray_pods, "policyTypes": ["Ingress"], "ingress": ingress},
+        }
+
+    def port(number: int) -> list[dict[str, Any]]:
+        return [{"protocol": "TCP", "port": number}]
+
+    any_namespace: dict[str, Any] = {}
+    return [
+        policy("default-deny", []),
+        policy("within-cluster", [{"from": [{"podSelector": ray_pods}]}]),
+        policy("serve-api", [{"ports": port(SERVE_PORT)}]),
+        policy(
+            "metrics",
+            [
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": any_namespace,
+                            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+                        }
+                    ],
+                    "ports": port(METRICS_PORT),
+                }
+            ],
+        ),
+        policy(
+            "dashboard",
+            [
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": any_namespace,
+                            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}},
+                        },
+                        {"podSelector": {"matchLabels": _labels(SUBMITTER)}},
+                    ],
+                    "ports": port(DASHBOARD_PORT),
+                }
+            ],
+        ),
+    ]
 
 
 def prometheus_monitors(config: RaylaneConfig) -> tuple[dict[str, Any], dict[str, Any]]:

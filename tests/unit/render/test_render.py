@@ -68,6 +68,7 @@ def test_every_kuberay_manifest_validates_against_kuberays_crds(example):
                     assert doc["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
     assert sorted(set(kinds)) == [
         "ConfigMap",
+        "NetworkPolicy",
         "PodMonitor",
         "RayCluster",
         "RayJob",
@@ -235,3 +236,22 @@ def test_cli_writes_checks_and_refuses_unknown_targets(tmp_path):
     assert unknown.returncode == 2 and unknown.stderr.strip().count("\n") == 0 and "helm" in unknown.stderr
     local = run_cli("render", "launcher", "-o", str(tmp_path / "l"), cwd=tmp_path)  # embedded defaults
     assert local.returncode == 0 and "warning: storage.root is a local folder" in local.stderr
+
+
+def test_network_policies_deny_by_default_and_open_only_the_api_to_everyone(example):
+    files = render(example, "kuberay")
+    policies = {d["metadata"]["name"]: d["spec"] for d in documents(files["network-policies.yaml"])}
+    (cluster,) = [d for d in documents(files["ray-cluster.gpu.yaml"]) if d["kind"] == "RayCluster"]
+    pod_labels = cluster["spec"]["headGroupSpec"]["template"]["metadata"]["labels"]
+    for spec in policies.values():  # every policy covers the Ray pods the manifests make
+        assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policies["raylane-default-deny"]["ingress"] == []
+    open_to_all = [rule for spec in policies.values() for rule in spec["ingress"] if "from" not in rule]
+    assert open_to_all == [{"ports": [{"protocol": "TCP", "port": 8000}]}]  # Serve's API only
+    metrics = policies["raylane-metrics"]["ingress"][0]
+    assert metrics["ports"] == [{"protocol": "TCP", "port": 8080}]
+    assert metrics["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    job = documents(files["ray-job.train.yaml"])[0]
+    submitter = job["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+    dashboard = policies["raylane-dashboard"]["ingress"][0]
+    assert {"podSelector": {"matchLabels": submitter}} in dashboard["from"]
