@@ -8,6 +8,7 @@ RaylaneError                      exit 1   HTTP 500  server_error
 ├── PermissionDeniedError         exit 1   HTTP 403  permission_error
 ├── NotFoundError                 exit 1   HTTP 404  not_found_error
 ├── MethodNotAllowedError         exit 2   HTTP 405  invalid_request_error
+├── ConflictError                 exit 1   HTTP 409  invalid_request_error
 ├── PayloadTooLargeError          exit 2   HTTP 413  invalid_request_error
 ├── UnsupportedMediaTypeError     exit 2   HTTP 415  invalid_request_error
 ├── RateLimitError                exit 1   HTTP 429  rate_limit_error
@@ -92,6 +93,14 @@ class NotFoundError(RaylaneError):
 
     http_status = 404
     error_type = "not_found_error"
+
+
+class ConflictError(RaylaneError):
+    """The request conflicts with the current state (a file a running batch reads)."""
+
+    exit_code = 1
+    http_status = 409
+    error_type = "invalid_request_error"
 
 
 class PayloadTooLargeError(RaylaneError):

@@ -28,6 +28,7 @@ from raylane.db import KeyInfo
 from raylane.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError, RaylaneError
 
 MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and the purpose field, above the file's own bytes
+MAX_CREATE_BYTES = 64 * 1024  # a batch's JSON: ids, an endpoint, a window, 16 metadata pairs
 
 
 def build_batch_api(service: Callable[[], BatchService]) -> Starlette:
@@ -68,13 +69,30 @@ def build_batch_api(service: Callable[[], BatchService]) -> Starlette:
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
 
 
+def _limited(request: Request, limit: int, what: str) -> Request:
+    """The request with a body counted as it streams in: past ``limit`` bytes it is refused (413)
+    without reading the rest, whatever its Content-Length said (chunked uploads declare none)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"The {what} is larger than {limit} bytes.")
+    received = 0
+
+    async def receive() -> Any:
+        nonlocal received
+        message = await request.receive()
+        received += len(message.get("body", b""))
+        if received > limit:
+            raise PayloadTooLargeError(f"The {what} is larger than {limit} bytes.")
+        return message
+
+    return Request(request.scope, receive)
+
+
 async def _upload(request: Request, service: BatchService, key: KeyInfo) -> Any:
     limit = service.config.batch.max_file_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
-        raise PayloadTooLargeError(f"The file is larger than {limit} bytes.")
     if "multipart/form-data" not in request.headers.get("content-type", ""):
         raise InvalidRequestError("Upload files as multipart/form-data with fields 'file' and 'purpose'.")
+    request = _limited(request, limit + MULTIPART_OVERHEAD, "file")
     async with request.form(max_files=1, max_fields=8) as form:
         upload = form.get("file")
         purpose = form.get("purpose")
@@ -104,7 +122,7 @@ async def _file_content(request: Request, service: BatchService, key: KeyInfo) -
 
 async def _create_batch(request: Request, service: BatchService, key: KeyInfo) -> Any:
     try:
-        body = json.loads(await request.body())
+        body = json.loads(await _limited(request, MAX_CREATE_BYTES, "request body").body())
     except ValueError as exc:
         raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):

@@ -39,7 +39,7 @@ from raylane.batch.schema import (
 from raylane.batch.store import ACTIVE_STATUSES, BatchStore, new_id
 from raylane.config import RaylaneConfig
 from raylane.db import BatchRecord, KeyInfo, MetadataStore
-from raylane.errors import InvalidRequestError, PayloadTooLargeError
+from raylane.errors import ConflictError, InvalidRequestError, PayloadTooLargeError
 from raylane.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,14 @@ class BatchService:
         return self.storage.read_bytes(self.records.get_file(file_id, key_id=key.id).path)
 
     def delete_file(self, key: KeyInfo, file_id: str) -> dict[str, Any]:
+        self.records.get_file(file_id, key_id=key.id)  # another key's file is 404, as if absent
+        if running := self.records.active_batches_reading(file_id):
+            raise ConflictError(
+                f"File {file_id} is the input of batch {running[0]}, which is still running: "
+                "cancel it first, or wait until it ends.",
+                param="file_id",
+                code="file_in_use",
+            )
         row = self.records.delete_file(file_id, key_id=key.id)
         self.storage.delete(row.path)
         return {"id": file_id, "object": "file", "deleted": True}

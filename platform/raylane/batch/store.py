@@ -113,6 +113,14 @@ class BatchStore:
             rows = list(session.scalars(query))
         return rows[:limit], len(rows) > limit
 
+    def active_batches_reading(self, file_id: str) -> list[str]:
+        """Ids of the batches still running on ``file_id`` as their input."""
+        query = select(BatchRecord.id).where(
+            BatchRecord.input_file_id == file_id, BatchRecord.status.in_(ACTIVE_STATUSES)
+        )
+        with self.store.session() as session:
+            return list(session.scalars(query))
+
     def transition(self, batch_id: str, from_statuses: Iterable[str], **fields: Any) -> bool:
         """Set ``fields`` only if the batch's status is one of ``from_statuses``; returns whether it did."""
         with self.store.session() as session:

@@ -114,6 +114,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
             "project_dir": str(tmp_path),
             "models": [{"name": m, "source": "/models/" + m} for m in MODELS],
             "serve": {"max_request_bytes": 4096},
+            "batch": {"max_file_bytes": 1000},
         }
     )
     store = MetadataStore.from_config(config)
@@ -434,3 +435,41 @@ def test_websockets_are_refused_before_any_app(rig: Rig):
     scope = {"type": "websocket", "path": "/v1/chat/completions", "headers": [], "root_path": ""}
     run(rig.gateway(scope, receive, send))
     assert sent == [{"type": "websocket.close", "code": 1008}]
+
+
+def test_batch_routes_count_bodies_as_they_stream_and_keep_files_a_running_batch_reads(rig: Rig):
+    from raylane.batch.api import MULTIPART_OVERHEAD
+    from raylane.batch.store import BatchStore
+
+    async def chunks(size: int) -> AsyncIterator[bytes]:
+        boundary = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.jsonl"\r\n\r\n'
+        yield boundary
+        for _ in range(size // 1024):
+            yield b"x" * 1024
+
+    async def go() -> None:
+        key = rig.key("batcher")
+        form = {**key, "content-type": "multipart/form-data; boundary=b"}  # chunked: no content-length
+        big = await rig.client.post("/v1/files", content=chunks(MULTIPART_OVERHEAD + 4096), headers=form)
+        assert_openai_error(big, 413)
+        huge_create = {"input_file_id": "file-x", "endpoint": "/v1/chat/completions", "pad": "x" * 100_000}
+        assert_openai_error(await rig.client.post("/v1/batches", json=huge_create, headers=key), 413)
+        line = json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": chat()})
+        uploaded = await rig.client.post(
+            "/v1/files", files={"file": ("in.jsonl", line.encode())}, data={"purpose": "batch"}, headers=key
+        )
+        assert uploaded.status_code == 200, uploaded.text
+        file_id = uploaded.json()["id"]
+        owner = rig.store.authenticate(key["Authorization"].removeprefix("Bearer ")).id
+        records = BatchStore(rig.store)
+        running = records.add_batch(
+            key_id=owner, key_name="batcher", endpoint="/v1/chat/completions", model="tiny",
+            input_file_id=file_id, completion_window="24h", status="in_progress", created_at=0.0,
+            expires_at=1e12, total=1,
+        )  # fmt: skip
+        in_use = await rig.client.delete(f"/v1/files/{file_id}", headers=key)
+        assert assert_openai_error(in_use, 409, "file_in_use")["message"].count(running.id) == 1
+        records.transition(running.id, ("in_progress",), status="completed")
+        assert (await rig.client.delete(f"/v1/files/{file_id}", headers=key)).status_code == 200
+
+    run(go())
