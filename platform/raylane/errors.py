@@ -12,6 +12,7 @@ RaylaneError                      exit 1   HTTP 500  server_error
 ├── PayloadTooLargeError          exit 2   HTTP 413  invalid_request_error
 ├── UnsupportedMediaTypeError     exit 2   HTTP 415  invalid_request_error
 ├── RateLimitError                exit 1   HTTP 429  rate_limit_error
+├── GatewayTimeoutError           exit 1   HTTP 504  timeout_error
 ├── StorageError                  exit 1   HTTP 502  storage_error
 ├── ClusterError                  exit 1   HTTP 503  cluster_error
 │   ├── ClusterNotRunningError
@@ -136,6 +137,13 @@ class RateLimitError(RaylaneError):
     def __init__(self, message: str, *, retry_after: float, code: str | None = "rate_limit_exceeded") -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
+
+
+class GatewayTimeoutError(RaylaneError):
+    """A request ran past its end-to-end deadline (``serve.request_timeout_s``)."""
+
+    http_status = 504
+    error_type = "timeout_error"
 
 
 class StorageError(RaylaneError):

@@ -208,6 +208,12 @@ class ServeConfig(_Model):
         1.0, gt=0, description="Seconds between batched writes of the usage ledger."
     )
     max_request_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest JSON request body accepted.")
+    request_timeout_s: float = Field(
+        900,
+        gt=0,
+        description="End-to-end deadline of one request at the Gateway: past it the client gets a 504 "
+        "(or, mid-stream, an error event and the end of the stream) and the engine stops the request.",
+    )
     max_n: int = Field(
         8,
         ge=1,

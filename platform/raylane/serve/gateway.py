@@ -43,6 +43,7 @@ from raylane.engine.limits import Limiter, SharedLimiter
 from raylane.engine.load import ONLINE
 from raylane.errors import (
     AuthenticationError,
+    GatewayTimeoutError,
     InvalidRequestError,
     MethodNotAllowedError,
     NotFoundError,
@@ -144,6 +145,7 @@ class GatewayServices:
     max_request_bytes: int
     limiter: Limiter = field(default_factory=SharedLimiter)
     max_n: int = 8
+    request_timeout_s: float = 900.0
     # Derives each key's prefix-cache salt; per process is enough (a salt only has to differ by key).
     salt_secret: str = field(default_factory=lambda: secrets.token_hex(16))
     metrics: Any = None
@@ -156,6 +158,7 @@ class GatewayServices:
             ledger=UsageLedger(store, interval_s=config.serve.usage_flush_interval_s),
             max_request_bytes=config.serve.max_request_bytes,
             max_n=config.serve.max_n,
+            request_timeout_s=config.serve.request_timeout_s,
         )
 
     def observe(self, **fields: Any) -> None:
@@ -186,6 +189,8 @@ class _Exchange:
     request_id: str = ""
     client_request_id: bytes | None = None
     tap: UsageTap | None = None
+    response_started: bool = False  # a response start went to the client
+    response_ended: bool = False  # ... and its last body message
     response: list[bytes] = field(default_factory=list)
 
 
@@ -232,6 +237,18 @@ class Gateway:
         """Whether ``model`` exists for this key (served here and on its list)."""
         return key.allows(model) and (not self._served or model in self._served)
 
+    def _flushing_at_shutdown(self, receive: Any) -> Any:
+        """The lifespan channel, writing the usage ledger before the app hears it is shutting down."""
+
+        async def lifespan_message() -> Message:
+            message: Message = await receive()
+            if message["type"] == "lifespan.shutdown" and self.services is not None:
+                written = await self.services.ledger.flush()
+                logger.info("usage ledger flushed at shutdown (%s rows)", written)
+            return message
+
+        return lifespan_message
+
     def _label(self, model: Any) -> str:
         """How the ledger and the metrics name a requested model: never a client's arbitrary string."""
         if not isinstance(model, str):
@@ -240,7 +257,7 @@ class Gateway:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            return await self.app(scope, receive, send)
+            return await self.app(scope, self._flushing_at_shutdown(receive), send)
         if scope["type"] != "http":
             return await _refuse_non_http(scope, receive, send)
         path = _route_path(scope)
@@ -273,8 +290,12 @@ class Gateway:
             self._finish(exchange, services)
             return
         online = ONLINE.started() if path in ROUTES else None
+        sent = _tracking(send, exchange)
         try:
-            await app(scope, receive, self._responder(send, exchange))
+            async with asyncio.timeout(services.request_timeout_s):
+                await app(scope, receive, self._responder(sent, exchange))
+        except TimeoutError:
+            await _time_out(sent, exchange, services.request_timeout_s)
         except Exception:
             exchange.status = exchange.status or 500  # Starlette answers 500 further out
             raise
@@ -467,6 +488,30 @@ def _bearer(scope: Scope) -> str | None:
             scheme, _, token = value.decode("latin-1").partition(" ")
             return token.strip() if scheme.lower() == "bearer" else None
     return None
+
+
+def _tracking(send: Any, exchange: _Exchange) -> Any:
+    """``send``, noting in ``exchange`` what of the response has gone to the client."""
+
+    async def tracked(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            exchange.response_started = True
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            exchange.response_ended = True
+        await send(message)
+
+    return tracked
+
+
+async def _time_out(send: Any, exchange: _Exchange, deadline_s: float) -> None:
+    """End a request that ran past its deadline (the app's task was cancelled: the engine aborts it)."""
+    error = GatewayTimeoutError(f"The request ran past its {deadline_s:g}s deadline.", code="request_timeout")
+    if not exchange.response_started:
+        await _send_error(send, error)
+    elif not exchange.response_ended:
+        tail = f"data: {json.dumps(error.to_openai())}\n\n".encode() if exchange.stream else b""
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+    exchange.status = error.http_status
 
 
 def _require_method(scope: Scope, method: str) -> None:

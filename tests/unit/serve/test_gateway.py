@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,8 @@ class StandInEngine:
     """A small ASGI app in place of vLLM's: OpenAI-shaped answers, and a record of what came in.
 
     A message "hold" waits for :attr:`release` before answering (requests stay in flight); a stream
-    whose message is "cut" ends after its content chunks, with no usage chunk (a client gone).
+    whose message is "cut" ends after its content chunks, with no usage chunk (a client gone); one
+    whose message is "stall" stops after its first chunk until :attr:`release` is set.
     """
 
     received: list[dict[str, Any]] = field(default_factory=list)
@@ -67,14 +69,19 @@ class StandInEngine:
         }
         if body.get("stream"):
             include_usage = (body.get("stream_options") or {}).get("include_usage") and said != "cut"
-            return StreamingResponse(self._events(body["model"], usage if include_usage else None))
+            stall = self.release if said == "stall" else None
+            return StreamingResponse(self._events(body["model"], usage if include_usage else None, stall))
         return JSONResponse({"id": "cmpl-1", "model": body["model"], "choices": [], "usage": usage})
 
     @staticmethod
-    async def _events(model: str, usage: dict[str, int] | None) -> AsyncIterator[bytes]:
+    async def _events(
+        model: str, usage: dict[str, int] | None, stall: asyncio.Event | None = None
+    ) -> AsyncIterator[bytes]:
         for token in ("Hel", "lo"):
             chunk = {"model": model, "choices": [{"index": 0, "delta": {"content": token}}]}
             yield f"data: {json.dumps(chunk)}\n\n".encode()
+            if stall is not None:
+                await stall.wait()
         if usage is not None:
             yield f"data: {json.dumps({'model': model, 'choices': [], 'usage': usage})}\n\n".encode()
         yield b"data: [DONE]\n\n"
@@ -473,3 +480,46 @@ def test_batch_routes_count_bodies_as_they_stream_and_keep_files_a_running_batch
         assert (await rig.client.delete(f"/v1/files/{file_id}", headers=key)).status_code == 200
 
     run(go())
+
+
+def test_no_request_outlives_its_deadline(rig: Rig):
+    assert rig.gateway.services is not None
+    rig.gateway.services.request_timeout_s = 0.5
+
+    async def go() -> tuple[httpx.Response, httpx.Response]:
+        rig.engine.release = asyncio.Event()  # never set: the engine would hang forever
+        key = rig.key("patient")
+        silent = await rig.client.post("/v1/chat/completions", json=chat(say="hold"), headers=key)
+        stalled = await rig.client.post(
+            "/v1/chat/completions", json=chat(say="stall", stream=True), headers=key
+        )
+        return silent, stalled
+
+    started = time.monotonic()
+    silent, stalled = run(go())
+    assert time.monotonic() - started < 5
+    assert assert_openai_error(silent, 504, "request_timeout")["type"] == "timeout_error"
+    assert stalled.status_code == 200 and "Hel" in stalled.text  # what was sent, then the error event
+    assert stalled.text.rstrip().endswith('"code": "request_timeout"}}')
+    assert [r.status_code for r in run(rig.ledger_rows())] == [504, 504]
+
+
+def test_a_graceful_shutdown_writes_the_ledger_first(rig: Rig):
+    run(rig.client.post("/v1/chat/completions", json=chat(), headers=rig.key("last-words")))
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    sent: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message["type"])
+
+    from raylane.db import UsageRecord
+
+    with rig.store.session() as session:
+        assert session.query(UsageRecord).count() == 0  # the ledger holds the row (flushes every 60 s)
+    run(rig.gateway({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send))
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    with rig.store.session() as session:
+        assert [r.key_name for r in session.query(UsageRecord)] == ["last-words"]
