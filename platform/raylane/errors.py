@@ -12,6 +12,7 @@ RaylaneError                      exit 1   HTTP 500  server_error
 ├── PayloadTooLargeError          exit 2   HTTP 413  invalid_request_error
 ├── UnsupportedMediaTypeError     exit 2   HTTP 415  invalid_request_error
 ├── RateLimitError                exit 1   HTTP 429  rate_limit_error
+├── ServiceUnavailableError       exit 1   HTTP 503  service_unavailable_error
 ├── GatewayTimeoutError           exit 1   HTTP 504  timeout_error
 ├── StorageError                  exit 1   HTTP 502  storage_error
 ├── ClusterError                  exit 1   HTTP 503  cluster_error
@@ -135,6 +136,17 @@ class RateLimitError(RaylaneError):
     error_type = "rate_limit_error"
 
     def __init__(self, message: str, *, retry_after: float, code: str | None = "rate_limit_exceeded") -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class ServiceUnavailableError(RaylaneError):
+    """Something the request needs is down for now (the metadata DB, a model's replicas); retry later."""
+
+    http_status = 503
+    error_type = "service_unavailable_error"
+
+    def __init__(self, message: str, *, retry_after: float, code: str | None = None) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
 

@@ -50,6 +50,7 @@ from raylane.errors import (
     PayloadTooLargeError,
     RateLimitError,
     RaylaneError,
+    ServiceUnavailableError,
     UnsupportedMediaTypeError,
 )
 from raylane.serve.ledger import UsageLedger
@@ -74,6 +75,8 @@ class KeyCache:
     under steady traffic no request waits on the database: its writers (the usage ledger, batch
     jobs) can hold it for a while when the disk is busy. Only a key's first request, or the first
     after ``ttl_s`` of quiet, waits for a lookup (one per key at a time, shared by its requests).
+    When the database does not answer, cached keys keep working until their entry expires; after
+    that the Gateway fails closed (503 with ``Retry-After``), never letting an unknown key in.
 
     Example:
         >>> import asyncio
@@ -118,7 +121,14 @@ class KeyCache:
 
         async def look_up() -> KeyInfo | None:
             try:
-                info = await asyncio.to_thread(self._read, secret)
+                try:
+                    info = await asyncio.to_thread(self._read, secret)
+                except Exception as exc:  # noqa: BLE001 - the DB is down: fail closed, cache nothing
+                    raise ServiceUnavailableError(
+                        "API keys cannot be checked right now (the metadata database does not answer).",
+                        retry_after=max(1.0, self._ttl_s),
+                        code="key_store_unavailable",
+                    ) from exc
                 if len(self._entries) > NEGATIVE_CACHE_LIMIT:
                     self._entries.clear()
                 self._entries[digest] = (started, info)
@@ -569,7 +579,7 @@ def _with_content_length(headers: list[tuple[bytes, bytes]], length: int) -> lis
 async def _send_error(send: Any, error: RaylaneError) -> None:
     body = json.dumps(error.to_openai()).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if isinstance(error, RateLimitError):
+    if isinstance(error, RateLimitError | ServiceUnavailableError):
         headers.append((b"retry-after", str(max(1, round(error.retry_after + 0.5))).encode()))
     await send({"type": "http.response.start", "status": error.http_status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

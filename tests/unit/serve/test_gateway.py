@@ -523,3 +523,36 @@ def test_a_graceful_shutdown_writes_the_ledger_first(rig: Rig):
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     with rig.store.session() as session:
         assert [r.key_name for r in session.query(UsageRecord)] == ["last-words"]
+
+
+def test_with_the_metadata_db_down_cached_keys_answer_until_their_ttl_then_503(rig: Rig, tmp_path: Path):
+    assert rig.gateway.services is not None
+    keys = rig.gateway.services.keys
+    keys._ttl_s = 2.0
+    known, unknown = rig.key("cached"), rig.key("never-seen")
+    run(rig.client.post("/v1/chat/completions", json=chat(), headers=rig.key("warm-up")))  # imports
+    database = Path(rig.store.url.removeprefix("sqlite:///"))
+
+    async def go() -> list[int]:
+        statuses = [(await rig.client.post("/v1/chat/completions", json=chat(), headers=known)).status_code]
+        rig.store.engine.dispose()
+        database.rename(tmp_path / "away.db")
+        database.mkdir()  # the path answers no SQLite connection now: the database is down
+        try:
+            for headers in (known, unknown):
+                response = await rig.client.post("/v1/chat/completions", json=chat(), headers=headers)
+                statuses.append(response.status_code)
+            await asyncio.sleep(2.1)  # the cached entry expires
+            expired = await rig.client.post("/v1/chat/completions", json=chat(), headers=known)
+            assert_openai_error(expired, 503, "key_store_unavailable")
+            assert int(expired.headers["retry-after"]) >= 1
+            statuses.append(expired.status_code)
+        finally:
+            database.rmdir()
+            (tmp_path / "away.db").rename(database)
+            rig.store.engine.dispose()
+        back = await rig.client.post("/v1/chat/completions", json=chat(), headers=known)
+        return [*statuses, back.status_code]
+
+    # cached: 200 while the DB is down; never seen: refused, not let in; expired: 503; DB back: 200
+    assert run(go()) == [200, 200, 503, 503, 200]
