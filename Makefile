@@ -16,7 +16,7 @@ comma := ,
 UV_ENV := --overrides cluster/local/uv-overrides-cpu.txt --excludes cluster/local/uv-excludes.txt
 PYTEST_ARGS ?=
 
-.PHONY: setup lock demo test unit integration lint bench image render migration docs clean
+.PHONY: setup lock demo test unit integration lint bench image render migration docs fuzz clean
 
 $(BIN)/raylane:
 	$(MAKE) setup
@@ -82,6 +82,15 @@ migration: $(BIN)/raylane
 
 clean:
 	rm -rf $(VENV) .raylane .pytest_cache
+
+# Property-based fuzzing of a running deployment's OpenAPI schema (no 5xx, every 4xx in the OpenAI
+# envelope): make fuzz BASE_URL=http://127.0.0.1:8000/v1 KEY=rl-...
+FUZZ_EXAMPLES ?= 50
+FUZZ_SECONDS ?= 600
+fuzz: $(BIN)/raylane
+	SCHEMATHESIS_HOOKS=tests.fuzz.envelope $(BIN)/st run "$(patsubst %/v1,%,$(BASE_URL))/openapi.json" \
+	    --header "Authorization: Bearer $(KEY)" --checks not_a_server_error,openai_error_envelope \
+	    --max-examples $(FUZZ_EXAMPLES) --max-time $(FUZZ_SECONDS) --request-timeout 60 --workers 1
 
 # The generated references docs/config.md and docs/cli.md (a unit test fails when they are stale).
 docs: $(BIN)/raylane
