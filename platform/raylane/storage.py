@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -363,3 +364,24 @@ def _short_reason(exc: OSError) -> str:
     # pyarrow's AWS errors carry a multi-line dump; the first line names the cause.
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:300]
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a folder only this user can write: made with mode 0700 if missing, refused if
+    another user owns it or others may write to it (a shared ``/tmp`` path someone else prepared
+    could hand this user's processes their files).
+
+    Example:
+        >>> import tempfile
+        >>> folder = private_dir(Path(tempfile.mkdtemp()) / "mine")
+        >>> oct(folder.stat().st_mode & 0o777)
+        '0o700'
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.lstat()
+    if path.is_symlink() or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise StorageError(
+            f"{path} belongs to another user or others may write to it: raylane will not use it "
+            "(remove it, or point the setting at a folder of your own)"
+        )
+    return path

@@ -103,3 +103,28 @@ def test_resolve_accepts_full_uris(store: Storage, tmp_path: Path):
 def test_unsupported_root():
     with pytest.raises(StorageError, match="unsupported storage root"):
         Storage.from_uri("gs://bucket/x")
+
+
+def test_private_dirs_are_made_0700_and_a_folder_someone_else_controls_is_refused(tmp_path: Path):
+    import os
+
+    from raylane.errors import StorageError
+    from raylane.storage import private_dir
+
+    mine = private_dir(tmp_path / "a" / "b")
+    assert mine.stat().st_mode & 0o777 == 0o700 and private_dir(mine) == mine  # idempotent
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(StorageError, match="others may write"):
+        private_dir(shared)
+    if os.getuid() == 0:  # root can hand a folder to another user, as someone else's /tmp dir would be
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(theirs, 65534, 65534)
+        with pytest.raises(StorageError, match="another user"):
+            private_dir(theirs)
+    link = tmp_path / "link"
+    link.symlink_to(mine)
+    with pytest.raises(StorageError):
+        private_dir(link)

@@ -105,7 +105,7 @@ def default_temp_dir(config: RaylaneConfig) -> Path:
     if config.ray.temp_dir:
         return config.ray.temp_dir
     digest = sha1(str(config.project_dir).encode()).hexdigest()[:10]
-    return Path("/tmp/raylane") / digest
+    return Path(f"/tmp/raylane-{os.getuid()}") / digest  # per user: see raylane.storage.private_dir
 
 
 def local_urls(config: RaylaneConfig) -> dict[str, str]:

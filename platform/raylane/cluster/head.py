@@ -25,6 +25,7 @@ from raylane.cluster.connect import default_temp_dir, ensure_token, local_urls, 
 from raylane.config import RaylaneConfig, mask_url_password
 from raylane.errors import ClusterError, PortInUseError
 from raylane.lanes import cgroups
+from raylane.storage import private_dir
 
 PRIVATE_UMASK = 0o077
 HEAD_RECORD = "head.json"
@@ -210,8 +211,7 @@ def up(config: RaylaneConfig) -> tuple[HeadRecord, bool]:
     check_ports_free(config)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     ensure_token(config)
-    temp_dir = default_temp_dir(config)
-    temp_dir.mkdir(parents=True, exist_ok=True)
+    temp_dir = private_dir(default_temp_dir(config))
     log_path = config.state_dir / HEAD_LOG
     env = head_environment(config)
     cpu_groups = cgroups.create(f"raylane-{config.ray.ports.gcs}", lanes.cpu_groups(config))

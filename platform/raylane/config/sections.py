@@ -62,7 +62,7 @@ class RayConfig(_Model):
     )
     temp_dir: Path | None = Field(
         None,
-        description="Ray temp/session dir of the local head. Unset: /tmp/raylane/<project hash> (kept "
+        description="Ray temp/session dir of the local head. Unset: /tmp/raylane-<uid>/<project hash> (kept "
         "short because Ray's unix sockets live under it).",
     )
     auth_mode: Literal["token", "disabled"] = Field(

@@ -24,9 +24,10 @@ import pyarrow.fs as pafs
 from raylane.artifacts.refs import model_path, parse_ref, version_folder
 from raylane.db import MetadataStore
 from raylane.errors import InvalidRequestError, NotFoundError
-from raylane.storage import Storage
+from raylane.storage import Storage, private_dir
 
-LOCAL_CACHE = Path(os.environ.get("RAYLANE_MODEL_CACHE", "/tmp/raylane-models"))
+# Per user: a cache in a shared /tmp that someone else owns could hand replicas their weights.
+LOCAL_CACHE = Path(os.environ.get("RAYLANE_MODEL_CACHE", f"/tmp/raylane-models-{os.getuid()}"))
 
 
 def register(store: Storage, db: MetadataStore, name: str, source: str) -> tuple[int, str]:
@@ -82,7 +83,7 @@ def resolve_local_path(store: Storage, db: MetadataStore | None, source: str) ->
     fs, path = store.resolve(uri)
     if isinstance(fs, pafs.LocalFileSystem):
         return Path(path)
-    target = LOCAL_CACHE / cache_name
+    target = private_dir(LOCAL_CACHE) / cache_name
     if not (target / "config.json").exists():
         partial = target.with_name(target.name + f".partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
