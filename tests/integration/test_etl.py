@@ -128,10 +128,11 @@ def test_corpus_pipeline_on_local_storage(ray_project: RayProject):
     assert (
         rerun["reused"] is True
         and rerun["version"] == "v1"
+        and rerun["ref"] == "it-corpus@1"  # how training and search refer to it
         and store.versions(dataset_path("it-corpus")) == ["v1"]
     )
     listed = json.loads(ray_project.cli("datasets", "list", "--json").stdout)
-    assert any(d["name"] == "it-corpus" and d["version"] == "v1" and d["kind"] == "corpus" for d in listed)
+    assert any(d["ref"] == "it-corpus@1" and d["version"] == "v1" and d["kind"] == "corpus" for d in listed)
 
 
 def test_corpus_pipeline_on_s3_with_plain_ray_job_submit(

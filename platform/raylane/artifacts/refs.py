@@ -65,6 +65,16 @@ def version_folder(version: int) -> str:
     return f"v{version}"
 
 
+def published_ref(name: str, folder: str) -> str:
+    """How to refer to the version published in storage folder ``folder`` (``vN``).
+
+    Example:
+        >>> published_ref("corpus", "v3")
+        'corpus@3'
+    """
+    return str(Ref(name, int(folder.removeprefix("v"))))
+
+
 def dataset_path(name: str) -> str:
     """Root-relative location of the dataset called ``name``."""
     return f"{DATASETS_PREFIX}/{name.strip('/')}"

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from raylane.artifacts.refs import DATASETS_PREFIX, dataset_path
+from raylane.artifacts.refs import DATASETS_PREFIX, dataset_path, published_ref
 from raylane.cli.common import ConfigOption, JsonOption, fmt_time, load, out
 
 datasets_app = typer.Typer(help="Datasets published by the ETL lane.", no_args_is_help=True)
@@ -32,15 +32,16 @@ def datasets_list(config_path: ConfigOption = None, as_json: JsonOption = False)
     for name in names:
         for version in store.versions(dataset_path(name)):
             manifest = store.read_manifest(dataset_path(name), version)
-            rows.append({"name": name, "version": version, "kind": manifest.get("kind"),
+            rows.append({"name": name, "ref": published_ref(name, version), "version": version,
+                         "kind": manifest.get("kind"),
                          "counts": manifest.get("counts", {}), "published_at": manifest["published_at"],
                          "uri": store.uri(manifest["data_prefix"])})  # fmt: skip
     if as_json:
         out.print_json(data=rows)
         return
-    table = Table("name", "version", "kind", "size", "published", box=None, pad_edge=False)
+    table = Table("dataset", "kind", "size", "published", box=None, pad_edge=False)
     for row in rows:
-        table.add_row(row["name"], row["version"], str(row["kind"]), _size(row["counts"]),
+        table.add_row(row["ref"], str(row["kind"]), _size(row["counts"]),
                       fmt_time(row["published_at"]))  # fmt: skip
     out.print(table)
 

@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from raylane.artifacts.refs import dataset_path
+from raylane.artifacts.refs import DATASETS_PREFIX, dataset_path, published_ref
 from raylane.errors import JobError, NotFoundError, StorageError
 from raylane.storage import Storage
 
@@ -124,6 +124,7 @@ def result(store: Storage, dataset: str, manifest: dict[str, Any], *, reused: bo
     """What a pipeline job prints as its result: where the dataset is, its version and counts."""
     return {
         "dataset": store.uri(dataset),
+        "ref": published_ref(dataset.removeprefix(DATASETS_PREFIX + "/"), manifest["version"]),
         "version": manifest["version"],
         "reused": reused,
         **manifest["counts"],
