@@ -41,7 +41,7 @@ from raylane.batch.serving import serving_outputs
 from raylane.batch.store import BatchStore
 from raylane.config import ModelConfig, RaylaneConfig
 from raylane.db import BatchRecord, MetadataStore
-from raylane.engine.limits import SharedLimiter
+from raylane.engine.limits import Limiter, SharedLimiter
 from raylane.jobs.kinds import Holdings, JobParams
 from raylane.metrics import batch_metrics
 from raylane.storage import Storage
@@ -155,9 +155,7 @@ def _run(
             if generated and first_answer_at is None:
                 first_answer_at = time.perf_counter()
             tokens += generated
-            used = generated + sum(_prompt_tokens(line) for line in lines if is_success(line))
-            if used:
-                limiter.charge(record.key_name, used)
+            charge_usage(limiter, record.key_name, lines)
             if stop := progress.write(lines):
                 return stop
     if first_answer_at is not None:
@@ -170,6 +168,22 @@ def _run(
             flush=True,
         )
     return None
+
+
+def charge_usage(limiter: Limiter, key_name: str, lines: list[dict[str, Any]]) -> int:
+    """Count a part's answered lines against their key's tokens per minute; returns the tokens.
+
+    Example:
+        >>> from raylane.engine.limits import LocalLimiter
+        >>> line = {"response": {"status_code": 200, "body": {"usage": {"prompt_tokens": 3,
+        ...                                                           "completion_tokens": 4}}}}
+        >>> charge_usage(LocalLimiter(), "k", [line, {"response": {"status_code": 400, "body": {}}}])
+        7
+    """
+    used = sum(_prompt_tokens(line) + _completion_tokens(line) for line in lines if is_success(line))
+    if used:
+        limiter.charge(key_name, used)
+    return used
 
 
 def _completion_tokens(line: dict[str, Any]) -> int:

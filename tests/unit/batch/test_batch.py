@@ -3,6 +3,7 @@ parts and finalization on a real local storage root and SQLite."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Iterator
@@ -185,3 +186,15 @@ def test_status_changes_are_compare_and_set(lane):
     assert records.get_batch(batch_id).job_id == "job-1"
     with pytest.raises(Exception, match="No such Batch"):
         records.get_batch(batch_id, key_id=OWNER + 1)
+
+
+def test_batch_lines_count_against_their_keys_tokens_per_minute():
+    from raylane.batch.runner import charge_usage
+    from raylane.engine.limits import LocalLimiter
+
+    limiter = LocalLimiter()
+    part = [_answer("a"), _answer("b"), _answer("c", 400)]  # 5 tokens each for the two answered
+    assert charge_usage(limiter, "k", part) == 10
+    # The key's window now holds them: online requests of that key see a spent budget.
+    assert asyncio.run(limiter.acquire("k", None, 12, reserve=5))[0] > 0
+    assert asyncio.run(limiter.acquire("other", None, 12, reserve=5))[0] == 0
