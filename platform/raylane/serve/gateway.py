@@ -62,6 +62,7 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 
 PUBLIC_PATHS = frozenset({"/health", "/ping", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+PUBLIC_METHODS = {"/ping": ("GET", "HEAD", "POST")}  # the rest: GET and HEAD
 MODELS_PATH = "/v1/models"
 UNKNOWN_MODEL = "unknown"  # the ledger's and the metrics' label for a model this deployment lacks
 NEGATIVE_CACHE_LIMIT = 10_000
@@ -272,7 +273,9 @@ class Gateway:
             return await _refuse_non_http(scope, receive, send)
         path = _route_path(scope)
         if path in PUBLIC_PATHS:
-            return await self.app(scope, receive, send)
+            if scope["method"] in PUBLIC_METHODS.get(path, ("GET", "HEAD")):
+                return await self.app(scope, receive, send)
+            return await _send_error(send, MethodNotAllowedError(f"{scope['method']} is not allowed here."))
         services = self._services()
         exchange = _Exchange(started=time.perf_counter(), path=path, request_id=f"raylane-{uuid.uuid4().hex}")
         app = self.app

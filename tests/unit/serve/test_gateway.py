@@ -169,6 +169,7 @@ def test_requests_without_a_valid_bearer_key_get_401_and_never_reach_the_engine(
         secret = rig.store.create_key("q")
         assert_openai_error(await rig.client.post(f"{url}?api_key={secret}", json=chat()), 401)
         assert (await rig.client.get("/health")).status_code == 200  # public, no key
+        assert_openai_error(await rig.client.request("TRACE", "/health"), 405)  # found by make fuzz
 
     run(go())
     assert rig.engine.received == []
