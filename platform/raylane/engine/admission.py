@@ -216,8 +216,24 @@ def _apply_cap(route: Route, data: dict[str, Any], cap: int | None) -> int:
     """Enforce the key's cap on the token fields; returns the most tokens one sequence may generate."""
     if not route.generates:
         return 0
+    per_sequence = _enforce_cap(data, cap)
+    if per_sequence is not None:
+        return per_sequence
+    return DEFAULT_COMPLETION_TOKENS if route.path == "/v1/completions" else _UNCAPPED
+
+
+# A chat request without a cap or max_tokens may generate up to the model's context: reserve a
+# generous amount (the settlement returns what it did not use).
+_UNCAPPED = 1024
+
+
+def _enforce_cap(data: dict[str, Any], cap: int | None) -> int | None:
+    """The one cap rule: a token field above ``cap`` is a 400, and without one the cap becomes
+    ``max_tokens``. Returns the most tokens a sequence may generate (None: no field and no cap)."""
     asked = [(name, data[name]) for name in TOKEN_FIELDS if data.get(name) is not None]
     for name, value in asked:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InvalidRequestError(f"{name} must be an integer.", param=name)
         if cap is not None and value > cap:
             raise InvalidRequestError(
                 f"{name}={value} is above this key's limit of {cap}.", param=name, code="max_tokens_exceeded"
@@ -226,13 +242,7 @@ def _apply_cap(route: Route, data: dict[str, Any], cap: int | None) -> int:
         return min(value for _, value in asked)
     if cap is not None:
         data["max_tokens"] = cap
-        return cap
-    return DEFAULT_COMPLETION_TOKENS if route.path == "/v1/completions" else _UNCAPPED
-
-
-# A chat request without a cap or max_tokens may generate up to the model's context: reserve a
-# generous amount (the settlement returns what it did not use).
-_UNCAPPED = 1024
+    return cap
 
 
 def apply_token_cap(body: dict[str, Any], cap: int | None) -> bool:
@@ -245,18 +255,9 @@ def apply_token_cap(body: dict[str, Any], cap: int | None) -> bool:
     """
     if cap is None or "input" in body and "messages" not in body and "prompt" not in body:
         return False  # no cap, or an embeddings request (nothing is generated)
-    asked = [(name, body[name]) for name in TOKEN_FIELDS if body.get(name) is not None]
-    for name, value in asked:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise InvalidRequestError(f"{name} must be an integer.", param=name)
-        if value > cap:
-            raise InvalidRequestError(
-                f"{name}={value} is above this key's limit of {cap}.", param=name, code="max_tokens_exceeded"
-            )
-    if asked:
-        return False
-    body["max_tokens"] = cap
-    return True
+    asked = any(body.get(name) is not None for name in TOKEN_FIELDS)
+    _enforce_cap(body, cap)
+    return not asked  # the cap became max_tokens
 
 
 def cache_salt_for(key_id: int, secret: str) -> str:
