@@ -16,7 +16,7 @@ comma := ,
 UV_ENV := --overrides cluster/local/uv-overrides-cpu.txt --excludes cluster/local/uv-excludes.txt
 PYTEST_ARGS ?=
 
-.PHONY: setup lock demo test unit integration lint bench image render migration docs fuzz clean
+.PHONY: setup lock demo test reliability test-all unit integration lint bench image render migration docs fuzz clean
 
 $(BIN)/raylane:
 	$(MAKE) setup
@@ -50,7 +50,14 @@ demo: $(BIN)/raylane
 	$(BIN)/python examples/batch.py --base-url "$$($(BIN)/raylane serve status --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["base_url"])')" --api-key "$$(cat .raylane/state/demo-key)" --requests 200 --output .raylane/batch-results.jsonl
 	$(BIN)/raylane status
 
+# `make test` is CI's suite; the minutes-long scenarios run apart (pyproject.toml's markers).
 test: $(BIN)/raylane
+	$(BIN)/python -m pytest -m "not slow and not reliability" $(PYTEST_ARGS)
+
+reliability: $(BIN)/raylane
+	$(BIN)/python -m pytest -m reliability $(PYTEST_ARGS)
+
+test-all: $(BIN)/raylane
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: $(BIN)/raylane

@@ -367,21 +367,27 @@ def _short_reason(exc: OSError) -> str:
 
 
 def private_dir(path: Path) -> Path:
-    """``path`` as a folder only this user can write: made with mode 0700 if missing, refused if
-    another user owns it or others may write to it (a shared ``/tmp`` path someone else prepared
-    could hand this user's processes their files).
+    """``path`` as a folder only this user can use: made with mode 0700 if missing, refused if it is
+    a link or another user owns it (a shared ``/tmp`` path someone else prepared could hand this
+    user's processes their files), and narrowed back to 0700 if this user's own folder was opened
+    up (Ray makes its temp dir 0777 each time a node starts in it).
 
     Example:
         >>> import tempfile
         >>> folder = private_dir(Path(tempfile.mkdtemp()) / "mine")
         >>> oct(folder.stat().st_mode & 0o777)
         '0o700'
+        >>> folder.chmod(0o777)
+        >>> oct(private_dir(folder).stat().st_mode & 0o777)
+        '0o700'
     """
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = path.lstat()
-    if path.is_symlink() or info.st_uid != os.getuid() or info.st_mode & 0o022:
+    if path.is_symlink() or info.st_uid != os.getuid():
         raise StorageError(
-            f"{path} belongs to another user or others may write to it: raylane will not use it "
+            f"{path} is a link or belongs to another user: raylane will not use it "
             "(remove it, or point the setting at a folder of your own)"
         )
+    if info.st_mode & 0o077:
+        path.chmod(0o700)
     return path

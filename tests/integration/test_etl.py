@@ -75,7 +75,7 @@ def test_corpus_pipeline_on_local_storage(ray_project: RayProject):
     result = ray_project.cli("submit", str(job), "--wait", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     counts = parse_result(result.stdout)
-    assert counts["version"] == "v1" and counts["reused"] is False
+    assert counts["version"] == "v1" and counts["ref"] == "it-corpus@1" and counts["reused"] is False
     assert counts["input_files"] == 3 + 5
     assert counts["exact_duplicates"] == len(planted["exact"])
     assert counts["near_duplicates"] == len(planted["near"])
@@ -89,7 +89,7 @@ def test_corpus_pipeline_on_local_storage(ray_project: RayProject):
         manifest["kind"] == "corpus"
         and manifest["seq_len"] == 64
         and manifest["counts"]
-        == {k: v for k, v in counts.items() if k not in ("dataset", "version", "reused", "seconds")}
+        == {k: v for k, v in counts.items() if k not in ("dataset", "version", "ref", "reused", "seconds")}
     )
     base = manifest["data_prefix"]
     errors = pq.read_table(store.fs_path(f"{base}/errors.parquet")).to_pylist()
@@ -186,6 +186,7 @@ def test_corpus_pipeline_on_s3_with_plain_ray_job_submit(
     assert store.exists(f"{manifest['data_prefix']}/tokenizer/tokenizer.json")
 
 
+@pytest.mark.reliability
 def test_a_killed_run_publishes_nothing_and_a_rerun_completes(ray_project: RayProject):
     store = local_store(ray_project)
     plant_corpus(store, "etl-kill/raw", 60_000, seed=3)  # enough that packing takes ~10 s
@@ -262,6 +263,7 @@ def test_docs_pipeline_and_search_on_local_storage(ray_project: RayProject):
     assert "csv" in csv_hit["source"]
 
 
+@pytest.mark.slow
 def test_docs_pipeline_on_s3(ray_project: RayProject, s3_server: S3Server):
     root = f"s3://{s3_server.bucket}/docs-{uuid.uuid4().hex[:8]}"
     store = s3_store(s3_server, root)

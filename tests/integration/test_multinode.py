@@ -52,6 +52,8 @@ from tests.harness import (
     stop_project,
 )
 
+pytestmark = pytest.mark.slow  # make test-all (minutes of a 2-core machine)
+
 LANES = {"etl": {"cpus": 1}, "train": {"cpus": 1}, "serve": {"cpus": 1}}
 WORKER_LANES = ["serve", "train"]
 WORKER_CPUS = 2

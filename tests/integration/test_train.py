@@ -90,6 +90,7 @@ def test_exported_model_is_registered_and_generates_in_vllm(ray_project: RayProj
     assert "GENERATED 8" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_resume_continues_a_finished_run_for_more_steps(ray_project: RayProject, s3_training):
     outcome, _, env = s3_training
     job = write_job(
@@ -118,6 +119,7 @@ def train_workers(project: RayProject) -> list[psutil.Process]:
     return found
 
 
+@pytest.mark.reliability
 def test_killing_a_worker_resumes_from_the_last_checkpoint(ray_project: RayProject, corpus: str):
     store = Storage.from_uri((ray_project.path / ".raylane").as_uri())
     # Long enough (~10 steps/s here) that the kill lands mid-run, after the first checkpoint.

@@ -113,11 +113,8 @@ def test_private_dirs_are_made_0700_and_a_folder_someone_else_controls_is_refuse
 
     mine = private_dir(tmp_path / "a" / "b")
     assert mine.stat().st_mode & 0o777 == 0o700 and private_dir(mine) == mine  # idempotent
-    shared = tmp_path / "shared"
-    shared.mkdir(mode=0o777)
-    shared.chmod(0o777)
-    with pytest.raises(StorageError, match="others may write"):
-        private_dir(shared)
+    mine.chmod(0o777)  # as a starting Ray node leaves its temp dir
+    assert private_dir(mine).stat().st_mode & 0o777 == 0o700
     if os.getuid() == 0:  # root can hand a folder to another user, as someone else's /tmp dir would be
         theirs = tmp_path / "theirs"
         theirs.mkdir(mode=0o700)

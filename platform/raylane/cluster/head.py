@@ -244,6 +244,7 @@ def up(config: RaylaneConfig) -> tuple[HeadRecord, bool]:
     record.save(config.state_dir)
     try:
         _wait_until_ready(config, proc, record)
+        private_dir(temp_dir)  # the starting head made it 0777 (Ray shares temp dirs between users)
         start_serve(config, record.dashboard_url)
     except BaseException:
         _stop(record, config.state_dir, grace_s=3)

@@ -252,6 +252,7 @@ def test_unknown_engine_choice_is_refused(lane: BatchLane):
         )
 
 
+@pytest.mark.slow
 def test_dedicated_engine_runs_a_batch_beside_serving(lane: BatchLane):
     """metadata `raylane_engine: dedicated`: the job starts a ray.data.llm engine on the batch lane's
     resources, while the deployment's default stays `serving`."""

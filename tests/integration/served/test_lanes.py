@@ -46,6 +46,8 @@ from tests.harness import (
     may_make_cpu_cgroups,
 )
 
+pytestmark = pytest.mark.slow  # make test-all (minutes of a 2-core machine)
+
 DASHBOARD = REPO / "cluster" / "monitoring" / "grafana" / "raylane.json"
 
 # One run's worker (1 CPU) and read task (0.25) fill the train lane's quota: a second run waits.
