@@ -3,7 +3,8 @@
 The counting is a sliding 60-second window (:class:`SlidingWindow`). Gateway replicas share one
 window per key through a small named Ray actor (:class:`SharedLimiter`), so two replicas cannot
 each grant a key its full limit; :class:`LocalLimiter` keeps the window in the process instead (one
-Gateway, or tests without Ray). Keys without limits never call either: unlimited traffic pays
+Gateway, or tests without Ray). While the actor is unreachable, each process falls back to a window
+of its own, so requests never fail for it and a key gets at most its limit once per process. Keys without limits never call either: unlimited traffic pays
 nothing for the feature.
 
 A request reserves the tokens it may use when it is admitted and settles what it used when it
@@ -27,11 +28,19 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+log = logging.getLogger(__name__)
+
 WINDOW_S = 60.0
+ACTOR_TIMEOUT_S = 2.0  # an answer from a live actor takes milliseconds
+FALLBACK_S = 10.0  # how long a process counts on its own before it asks the actor again
 ACTOR_NAME = "raylane_rate_limiter"
 ACTOR_NAMESPACE = "raylane"
 
@@ -121,8 +130,6 @@ class RateLimiterActor:
     """The shared window, as a Ray actor (see :func:`shared_limiter`)."""
 
     def __init__(self) -> None:
-        import time
-
         self._clock = time.time
         self._window = SlidingWindow()
 
@@ -182,27 +189,88 @@ class LocalLimiter:
 
 
 class SharedLimiter:
-    """The cluster's one window, in the limiter actor (looked up or created on first use)."""
+    """The cluster's one window, in the limiter actor (looked up or created on first use), and a
+    window in this process while that actor is away.
 
-    def __init__(self) -> None:
+    When the actor does not answer within ``ACTOR_TIMEOUT_S`` (killed, restarting, its node gone),
+    this process counts in a :class:`LocalLimiter` of its own for ``FALLBACK_S`` and then asks the
+    actor again: no request fails for it, and meanwhile a key gets at most its limit once per
+    process that holds a SharedLimiter (each Gateway replica, each batch job). A restarted actor
+    starts with empty windows, so the minute around a restart may grant a key its limit twice.
+
+    Example (no Ray here: the actor's lookup fails, so the process's own window counts):
+        >>> import asyncio
+        >>> def unreachable():
+        ...     raise ConnectionError("no cluster")
+        >>> limiter = SharedLimiter(connect=unreachable)
+        >>> asyncio.run(limiter.acquire("k", 1, None))[0], asyncio.run(limiter.acquire("k", 1, None))[0] > 59
+        (0.0, True)
+    """
+
+    def __init__(self, connect: Callable[[], Any] | None = None, clock: Callable[[], float] = time.monotonic):
+        self._connect = connect or shared_limiter
+        self._clock = clock
         self._handle: Any = None
+        self._local = LocalLimiter()
+        self._local_until = float("-inf")
 
     def _actor(self) -> Any:
         if self._handle is None:
-            self._handle = shared_limiter()
+            self._handle = self._connect()
         return self._handle
 
     async def acquire(
         self, key: str, rpm: int | None, tpm: int | None, reserve: int = 0
     ) -> tuple[float, int | None]:
-        retry_after, ticket = await self._actor().acquire.remote(key, rpm, tpm, reserve)
-        return float(retry_after), ticket
+        if self._clock() >= self._local_until:
+            try:
+                reply = self._actor().acquire.remote(key, rpm, tpm, reserve)
+                retry_after, ticket = await asyncio.wait_for(reply, ACTOR_TIMEOUT_S)
+                return float(retry_after), ticket
+            except Exception as exc:  # noqa: BLE001 - any failure to reach the actor, sorted below
+                self._fall_back(exc)
+        retry_after, ticket = await self._local.acquire(key, rpm, tpm, reserve)
+        return retry_after, None if ticket is None else -ticket  # negative: this process's window
 
     def settle(self, key: str, ticket: int, tokens: int) -> None:
-        self._actor().settle.remote(key, ticket, tokens)
+        if ticket < 0:
+            self._local.settle(key, -ticket, tokens)
+        else:
+            self._tell("settle", key, ticket, tokens)
 
     def charge(self, key: str, tokens: int) -> None:
-        self._actor().charge.remote(key, tokens)
+        if self._clock() < self._local_until:
+            self._local.charge(key, tokens)
+        else:
+            self._tell("charge", key, tokens)
+
+    def _tell(self, method: str, *args: Any) -> None:
+        try:
+            getattr(self._actor(), method).remote(*args)  # fire and forget: nobody waits on usage
+        except Exception as exc:  # noqa: BLE001
+            self._fall_back(exc)
+
+    def _fall_back(self, exc: BaseException) -> None:
+        if not _actor_unreachable(exc):
+            raise exc
+        if self._clock() >= self._local_until:
+            log.warning(
+                "rate limiter actor unreachable (%s): counting in this process for %.0f s",
+                type(exc).__name__,
+                FALLBACK_S,
+            )
+        self._handle = None  # look it up again: a killed actor comes back under the same name
+        self._local_until = self._clock() + FALLBACK_S
+
+
+def _actor_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the limiter actor could not be reached (not a bug in the call)."""
+    if isinstance(exc, (TimeoutError, ConnectionError)):
+        return True
+    from ray.exceptions import RayActorError, RaySystemError
+
+    # Not RayTaskError: the actor ran the call and it raised, which a fallback would only hide.
+    return isinstance(exc, (RayActorError, RaySystemError))
 
 
 def shared_limiter() -> Any:
