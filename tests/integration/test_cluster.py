@@ -1,11 +1,14 @@
-"""The local head: loopback only, auth enforced, status, idempotent up, and a full up/down cycle."""
+"""The local head: loopback only, auth enforced, status, idempotent up, full up/down cycles, and a
+restarted head serving what the last one served."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -104,3 +107,43 @@ def _session_processes(session_id: int) -> list[int]:
         except (psutil.Error, ProcessLookupError):
             continue
     return alive
+
+
+@pytest.mark.reliability
+def test_a_restarted_head_serves_the_same_models_to_the_same_keys(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path
+):
+    project = make_project(tmp_path_factory.mktemp("restart"))
+    serving = project.path / "serve.yaml"
+    model = {"name": "tiny", "source": str(tiny_model), "num_cpus": 0.5,
+             "engine_kwargs": {"dtype": "float32", "max_model_len": 256}}  # fmt: skip
+    serving.write_text(json.dumps({"models": [model]}))
+    try:
+        assert project.cli("up", "--num-cpus", "2", timeout=300).returncode == 0
+        deployed = project.cli("serve", "deploy", str(serving), timeout=900)
+        assert deployed.returncode == 0, deployed.stderr[-2000:]
+        base_url = deployed.stdout.strip().splitlines()[-1]
+        key = project.cli("keys", "create", "survivor").stdout.strip()
+        assert _chat(base_url, key) == 200
+        assert project.cli("down").returncode == 0
+
+        up = project.cli("up", "--num-cpus", "2", timeout=300)
+        assert up.returncode == 0 and "raylane deploying again" in up.stdout, up.stdout + up.stderr
+        deadline = time.monotonic() + 900
+        while (status := _serve_status(project)) != "RUNNING":  # no `serve deploy` this time
+            assert status not in ("DEPLOY_FAILED", "UNHEALTHY") and time.monotonic() < deadline, status
+            time.sleep(5)
+        assert _chat(base_url, key) == 200  # same URL, same key
+    finally:
+        stop_project(project)
+
+
+def _serve_status(project: RayProject) -> str | None:
+    result = project.cli("serve", "status", "--json")
+    return json.loads(result.stdout)["status"] if result.returncode == 0 else None
+
+
+def _chat(base_url: str, key: str) -> int:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    headers = {"Authorization": f"Bearer {key}"}
+    return httpx.post(f"{base_url}/chat/completions", json=body, headers=headers, timeout=120).status_code

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from raylane import lanes
 from raylane.cli.common import ConfigOption, JsonOption, err, load, out
-from raylane.cluster import connect, head
+from raylane.cluster import applications, connect, head
 from raylane.cluster import monitoring as monitoring_lib
 from raylane.config import RaylaneConfig
 from raylane.jobs.client import status_text
@@ -53,6 +53,11 @@ def up(
     out.print(f"  cluster     {record.gcs_address}   (ray.init(address=...))")
     out.print(f"  auth        RAY_AUTH_MODE={config.ray.auth_mode}" + _token_hint(config))
     out.print(f"  storage     {config.storage.root}")
+    if started_now and (apps := applications.remembered(config)):
+        names = ", ".join(str(app.get("name")) for app in apps)
+        out.print(
+            f"  serving     {names} deploying again, as the last head ran them (`raylane serve status`)"
+        )
 
 
 def _token_hint(config: RaylaneConfig) -> str:

@@ -2,7 +2,8 @@
 
 ``raylane up`` runs ``ray start --head --block`` in a new session (``setsid``), so every process the head
 spawns (GCS, raylet, dashboard, workers) shares one session id. ``raylane down`` signals exactly that
-session, never the machine-wide ``ray stop``. What was started is recorded in ``<state_dir>/head.json``.
+session, never the machine-wide ``ray stop``. What was started is recorded in ``<state_dir>/head.json``;
+a new head starts the Serve applications the last one ran (:mod:`raylane.cluster.applications`).
 How processes reach the head (auth, addresses) is :mod:`raylane.cluster.connect`.
 """
 
@@ -17,10 +18,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from raylane import lanes
+from raylane.cluster import applications
 from raylane.cluster.connect import default_temp_dir, ensure_token, local_urls, probe_dashboard, ray_env
 from raylane.config import RaylaneConfig, mask_url_password
 from raylane.errors import ClusterError, PortInUseError
@@ -245,7 +248,7 @@ def up(config: RaylaneConfig) -> tuple[HeadRecord, bool]:
     try:
         _wait_until_ready(config, proc, record)
         private_dir(temp_dir)  # the starting head made it 0777 (Ray shares temp dirs between users)
-        start_serve(config, record.dashboard_url)
+        start_serve(config, record.dashboard_url, applications.remembered(config))
     except BaseException:
         _stop(record, config.state_dir, grace_s=3)
         raise
@@ -275,17 +278,23 @@ def _last_error_line(log_path: str) -> str:
     return (errors[-1] if errors else "no output") + f" (log: {log_path})"
 
 
-def start_serve(config: RaylaneConfig, dashboard: str) -> None:
-    """Start Ray Serve's controller and HTTP proxy on the configured host and port.
+def start_serve(config: RaylaneConfig, dashboard: str, apps: list[dict[str, Any]] | None = None) -> None:
+    """Start Ray Serve's controller and HTTP proxy on the configured host and port, with ``apps``
+    (the applications the last head ran, :mod:`raylane.cluster.applications`) deploying.
 
-    Uses the Serve REST API (what `serve deploy` calls) with no applications, so no driver connects.
+    Uses the Serve REST API (what `serve deploy` calls), so no driver connects and nothing waits for
+    the applications: `raylane serve status` follows them.
     """
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
     http_options = {"host": config.ray.bind_host, "port": config.ray.ports.serve_http}
     try:
         ServeSubmissionClient(dashboard).deploy_applications(
-            {"proxy_location": config.serve.proxy_location, "http_options": http_options, "applications": []}
+            {
+                "proxy_location": config.serve.proxy_location,
+                "http_options": http_options,
+                "applications": apps or [],
+            }
         )
     except RuntimeError as exc:
         raise ClusterError(f"could not start Ray Serve: {str(exc).strip().splitlines()[-1]}") from None

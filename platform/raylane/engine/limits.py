@@ -4,8 +4,8 @@ The counting is a sliding 60-second window (:class:`SlidingWindow`). Gateway rep
 window per key through a small named Ray actor (:class:`SharedLimiter`), so two replicas cannot
 each grant a key its full limit; :class:`LocalLimiter` keeps the window in the process instead (one
 Gateway, or tests without Ray). While the actor is unreachable, each process falls back to a window
-of its own, so requests never fail for it and a key gets at most its limit once per process. Keys without limits never call either: unlimited traffic pays
-nothing for the feature.
+of its own, so requests never fail for it and a key gets at most its limit once per process. Keys
+without limits never call either: unlimited traffic pays nothing for the feature.
 
 A request reserves the tokens it may use when it is admitted and settles what it used when it
 ends (:meth:`SlidingWindow.settle`), so in-flight requests cannot together overshoot ``tpm`` by more

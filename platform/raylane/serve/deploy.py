@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from raylane.cluster import applications as cluster_applications
 from raylane.cluster import connect
 from raylane.config import RaylaneConfig, describe_validation_error, is_model_path, read_yaml_mapping
 from raylane.errors import ClusterError, ConfigError, InvalidRequestError, NotFoundError
@@ -114,6 +115,7 @@ def _submit(
         )
     except RuntimeError as exc:
         raise ClusterError(f"Ray Serve refused the application: {_last_line(exc)}") from None
+    cluster_applications.remember(config, applications)  # a restarted local head deploys them again
 
 
 def _other_apps(details: dict[str, Any], name: str) -> list[dict[str, Any]]:

@@ -7,6 +7,8 @@ test_multinode.py.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 
 from tests.harness import Deployment, RayProject, head_sockets
@@ -172,6 +175,30 @@ def test_over_the_request_rate_is_429_with_retry_after(served: Served):
     assert statuses[2].json()["error"]["type"] == "rate_limit_error"
     with pytest.raises(openai.RateLimitError):
         served.client("slow").completions.create(**request)
+
+
+def test_killing_the_rate_limiter_actor_fails_no_request_and_the_limit_still_holds(served: Served):
+    created = served.project.cli("keys", "create", "limiter-kill", "--rpm", "3")
+    assert created.returncode == 0, created.stderr
+    auth = {"Authorization": f"Bearer {created.stdout.strip()}"}
+
+    def statuses(n: int) -> list[int]:
+        return [
+            httpx.get(served.base_url + "/models", headers=auth, timeout=30).status_code for _ in range(n)
+        ]
+
+    assert statuses(4) == [200, 200, 200, 429]  # the shared window, in the limiter actor
+    session = served.project.head_record()["session_id"]
+    actors = [
+        p for p in psutil.process_iter(["cmdline"])
+        if "RateLimiterActor" in " ".join(p.info["cmdline"] or []) and os.getsid(p.pid) == session
+    ]  # fmt: skip
+    assert len(actors) == 1, actors
+    actors[0].send_signal(signal.SIGKILL)
+    # The router's one Gateway replica counts in its own window (or the restarted actor's empty
+    # one): at most the limit again, never a 500.
+    after = statuses(6)
+    assert set(after) <= {200, 429} and after.count(200) <= 3 and after[-1] == 429, after
 
 
 def test_max_tokens_above_the_keys_cap_is_400(served: Served):
