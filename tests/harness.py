@@ -244,6 +244,7 @@ SESSION_BATCH = {
     "online_busy_requests": 0,
     "num_cpus": 0.5,
     "engine_kwargs": {"max_num_seqs": 4},
+    "reconcile_interval_s": 5,  # the killed-driver test waits for the Gateway's own round
 }
 # Three logical CPUs on two cores: while the deployment is up, its mostly idle replicas hold one,
 # and the jobs beside them keep the two they would have on a head of their own.

@@ -4,11 +4,12 @@ A key only ever sees its own files and batches: anything else is 404, as if it d
 Creating a batch validates its whole input file first (no compute is spent on a bad file; the
 batch comes back ``failed`` with ``errors.data[]``), then submits its Ray job.
 
-Reading a batch also *reconciles* it with its job, so the API stays right without a background
-daemon: a cancelled batch whose job has stopped is finalized; a job that died (a killed driver, a
-lost node) is started again, up to ``batch.max_attempts``, and resumes where it stopped; a batch
-past its completion window is stopped and expired. Each of these is a compare-and-set on the
-record, so concurrent readers on several replicas act once.
+Reading a batch *reconciles* it with its job, and so does each Gateway replica every
+``batch.reconcile_interval_s`` for every active batch (:meth:`BatchService.reconcile_active`), so
+nothing waits for a client to poll: a cancelled batch whose job has stopped is finalized; a job
+that died (a killed driver, a lost node) is started again, up to ``batch.max_attempts``, and
+resumes where it stopped; a batch past its completion window is stopped and expired. Each of these
+is a compare-and-set on the record, so concurrent readers on several replicas act once.
 
 Example (needs a running cluster for the job):
     >>> service = BatchService(load_config())                                    # doctest: +SKIP
@@ -208,6 +209,17 @@ class BatchService:
         ):
             self._stop_job(record.job_id)
         return batch_object(self.reconcile(self.records.get_batch(batch_id)))
+
+    def reconcile_active(self) -> int:
+        """Reconcile every active batch (see the module docstring); returns how many were checked.
+        One batch failing to reconcile (its job status unreadable) does not stop the others."""
+        records = self.records.active_batches()
+        for record in records:
+            try:
+                self.reconcile(record)
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                logger.warning("batch %s: reconcile failed: %s", record.id, exc)
+        return len(records)
 
     def reconcile(self, record: BatchRecord) -> BatchRecord:
         """Bring an active batch in line with its job (see the module docstring)."""

@@ -113,6 +113,13 @@ class BatchStore:
             rows = list(session.scalars(query))
         return rows[:limit], len(rows) > limit
 
+    def active_batches(self, limit: int = 1000) -> list[BatchRecord]:
+        """Batches not yet in a final state, oldest first."""
+        query = select(BatchRecord).where(BatchRecord.status.in_(ACTIVE_STATUSES))
+        query = query.order_by(BatchRecord.created_at, BatchRecord.id).limit(limit)
+        with self.store.session() as session:
+            return list(session.scalars(query))
+
     def active_batches_reading(self, file_id: str) -> list[str]:
         """Ids of the batches still running on ``file_id`` as their input."""
         query = select(BatchRecord.id).where(

@@ -280,6 +280,12 @@ class BatchConfig(_Model):
     max_attempts: int = Field(
         3, ge=1, description="Times a batch's job is started; a restart resumes where the last stopped."
     )
+    reconcile_interval_s: float = Field(
+        30,
+        gt=0,
+        description="How often each Gateway replica checks running batches against their jobs, so a "
+        "batch whose job died restarts (or expires) with nobody polling it.",
+    )
 
 
 class MonitoringConfig(_Model):

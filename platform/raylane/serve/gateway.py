@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import secrets
 import time
 import uuid
@@ -223,6 +224,7 @@ class Gateway:
         self.services: GatewayServices | None = None
         self._batch_api: Any = None
         self._batch_service: Any = None
+        self._reconciler: asyncio.Task[None] | None = None
 
     def _batch_app(self) -> Any:
         """The Files and Batches app, built on first use (its service on the first request)."""
@@ -248,17 +250,34 @@ class Gateway:
         """Whether ``model`` exists for this key (served here and on its list)."""
         return key.allows(model) and (not self._served or model in self._served)
 
-    def _flushing_at_shutdown(self, receive: Any) -> Any:
-        """The lifespan channel, writing the usage ledger before the app hears it is shutting down."""
+    def _lifespan(self, receive: Any) -> Any:
+        """The lifespan channel: batch reconciling starts with the replica; the usage ledger is
+        written and reconciling stops before the app hears it is shutting down."""
 
         async def lifespan_message() -> Message:
             message: Message = await receive()
-            if message["type"] == "lifespan.shutdown" and self.services is not None:
-                written = await self.services.ledger.flush()
-                logger.info("usage ledger flushed at shutdown (%s rows)", written)
+            if message["type"] == "lifespan.startup" and self._reconciler is None:
+                self._reconciler = asyncio.get_running_loop().create_task(self._reconcile_batches())
+            if message["type"] == "lifespan.shutdown":
+                if self._reconciler is not None:
+                    self._reconciler.cancel()
+                if self.services is not None:
+                    written = await self.services.ledger.flush()
+                    logger.info("usage ledger flushed at shutdown (%s rows)", written)
             return message
 
         return lifespan_message
+
+    async def _reconcile_batches(self) -> None:
+        """Every ``batch.reconcile_interval_s``, each active batch against its job (see
+        :mod:`raylane.batch.service`): a batch whose driver died restarts with nobody polling it."""
+        interval = load_serving_config(self._config).batch.reconcile_interval_s
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.5, 1.0))  # replicas spread their rounds
+            try:
+                await asyncio.to_thread(self._batch_services().reconcile_active)
+            except Exception as exc:  # noqa: BLE001 - the DB or the Jobs API away: next round
+                logger.warning("batch reconciling failed: %s", exc)
 
     def _label(self, model: Any) -> str:
         """How the ledger and the metrics name a requested model: never a client's arbitrary string."""
@@ -268,7 +287,7 @@ class Gateway:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            return await self.app(scope, self._flushing_at_shutdown(receive), send)
+            return await self.app(scope, self._lifespan(receive), send)
         if scope["type"] != "http":
             return await _refuse_non_http(scope, receive, send)
         path = _route_path(scope)
