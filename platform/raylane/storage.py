@@ -176,13 +176,15 @@ class Storage:
     def write_bytes(self, relative: str, data: bytes) -> None:
         """Write a file so readers see the old content or the new one, never a part.
 
-        S3 PUTs are atomic already; on a local disk we write a sibling temp file and rename it.
+        S3 PUTs are atomic already; on a local disk we write a hidden sibling temp file and rename
+        it (a writer killed before the rename leaves only a hidden file, which :meth:`list` skips).
         """
         path = self.fs_path(relative)
         with self._errors("write", relative):
             if isinstance(self.fs, pafs.LocalFileSystem):
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+                folder, name = os.path.split(path)
+                os.makedirs(folder, exist_ok=True)
+                tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
                 with open(tmp, "wb") as f:
                     f.write(data)
                     f.flush()
@@ -198,12 +200,17 @@ class Storage:
             return self.fs.get_file_info(self.fs_path(relative)).type != pafs.FileType.NotFound
 
     def list(self, prefix: str = "", *, recursive: bool = False) -> Paths:
-        """Root-relative paths of the files under ``prefix`` (sorted); [] when it does not exist."""
+        """Root-relative paths of the files under ``prefix`` (sorted); [] when it does not exist.
+        Hidden files (a write that never finished) are not listed."""
         base = self.fs_path()
         with self._errors("list", prefix):
             selector = pafs.FileSelector(self.fs_path(prefix), recursive=recursive, allow_not_found=True)
             infos = self.fs.get_file_info(selector)
-        return sorted(i.path[len(base) + 1 :] for i in infos if i.type == pafs.FileType.File)
+        return sorted(
+            i.path[len(base) + 1 :]
+            for i in infos
+            if i.type == pafs.FileType.File and not i.base_name.startswith(".")
+        )
 
     def list_location(self, location: str, suffix: str = "") -> Paths:
         """``fs`` paths of the files directly under a root-relative path or a full URI (sorted).

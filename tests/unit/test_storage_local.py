@@ -35,6 +35,23 @@ def test_overwrite_leaves_no_temp_files(store: Storage, tmp_path: Path):
     assert sorted(os.listdir(tmp_path / "root")) == ["f.bin"]
 
 
+def test_a_write_killed_before_its_rename_is_never_listed(
+    store: Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # A writer killed between writing and renaming leaves its temp file beside the final name.
+    store.write_bytes("parts/001-000000.jsonl", b"done\n")
+
+    def killed(src: str, dst: str) -> None:
+        raise KeyboardInterrupt  # stands for the SIGKILL: the rename never happens
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        store.write_bytes("parts/001-000001.jsonl", b"half a line")
+    monkeypatch.undo()
+    assert len(os.listdir(tmp_path / "root" / "parts")) == 2  # the leftover is there...
+    assert store.list("parts") == ["parts/001-000000.jsonl"]  # ...and never read as a part
+
+
 def test_missing_file_is_not_found(store: Storage):
     with pytest.raises(NotFoundError, match="not found in storage"):
         store.read_bytes("nope.txt")

@@ -14,6 +14,8 @@ Example:
     >>> write_part(storage, "batch_1", attempt=1, seq=0, lines=[{"custom_id": "a"}])
     >>> sorted(read_parts(storage, "batch_1"))
     ['a']
+    >>> next_part_seq(storage, "batch_1", attempt=1), next_part_seq(storage, "batch_1", attempt=2)
+    (1, 0)
 """
 
 from __future__ import annotations
@@ -42,6 +44,14 @@ def write_part(
     """Write one group of finished lines atomically (readers see all of it or none)."""
     data = "".join(json.dumps(line) + "\n" for line in lines).encode()
     storage.write_bytes(f"{batch_prefix(batch_id)}/parts/{attempt:03d}-{seq:06d}.jsonl", data)
+
+
+def next_part_seq(storage: Storage, batch_id: str, attempt: int) -> int:
+    """The first part number ``attempt`` has not written yet (an attempt's job submitted again
+    after a head restart goes on after its own parts instead of overwriting them)."""
+    prefix = f"{attempt:03d}-"
+    names = [path.rsplit("/", 1)[-1] for path in storage.list(f"{batch_prefix(batch_id)}/parts")]
+    return 1 + max((int(n[len(prefix) :].split(".")[0]) for n in names if n.startswith(prefix)), default=-1)
 
 
 def read_parts(storage: Storage, batch_id: str) -> dict[str, dict[str, Any]]:

@@ -35,7 +35,7 @@ from pydantic import Field
 
 from raylane import lanes
 from raylane.batch.requests import Collector, is_success, plan
-from raylane.batch.results import finalize, read_parts, write_part
+from raylane.batch.results import finalize, next_part_seq, read_parts, write_part
 from raylane.batch.schema import TERMINAL_STATUSES, BatchLine, engine_kind, validate_input
 from raylane.batch.serving import serving_outputs
 from raylane.batch.store import BatchStore
@@ -108,7 +108,7 @@ class _Progress:
         lines = list(done)
         self.completed = sum(1 for line in lines if is_success(line))
         self.failed = len(lines) - self.completed
-        self.seq = 0
+        self.seq = next_part_seq(storage, record.id, record.attempt)
         self.started = time.perf_counter()
 
     def write(self, lines: list[dict[str, Any]]) -> str | None:

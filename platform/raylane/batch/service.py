@@ -9,7 +9,10 @@ Reading a batch *reconciles* it with its job, and so does each Gateway replica e
 nothing waits for a client to poll: a cancelled batch whose job has stopped is finalized; a job
 that died (a killed driver, a lost node) is started again, up to ``batch.max_attempts``, and
 resumes where it stopped; a batch past its completion window is stopped and expired. Each of these
-is a compare-and-set on the record, so concurrent readers on several replicas act once.
+is a compare-and-set on the record, so concurrent readers on several replicas act once. An attempt
+is claimed before its job is submitted; a claimed job the Jobs API does not know (its submitter is
+still submitting or died, or the head was restarted) is submitted again under the same id, which
+Ray accepts once, so two readers never run two attempts side by side.
 
 Example (needs a running cluster for the job):
     >>> service = BatchService(load_config())                                    # doctest: +SKIP
@@ -234,15 +237,11 @@ class BatchService:
             return finalize(self.storage, self.records, record.id, "cancelled")
         if time.time() > record.expires_at:
             return finalize(self.storage, self.records, record.id, "expired")
+        if job_status == "MISSING" and record.job_id:
+            self._submit_claimed(record)
+            return self.records.get_batch(record.id)
         if record.attempt < self.config.batch.max_attempts:
-            logger.warning(
-                "batch %s: job %s is %s; starting attempt %s",
-                record.id,
-                record.job_id,
-                job_status,
-                record.attempt + 1,
-            )
-            self._start_attempt(record)
+            self._start_attempt(record, job_status)
             return self.records.get_batch(record.id)
         reason = (
             f"The batch's job stopped ({job_status}) {record.attempt} times; "
@@ -258,16 +257,41 @@ class BatchService:
 
     # -- the batch's Ray job ---------------------------------------------------------------------
 
-    def _start_attempt(self, record: BatchRecord) -> None:
+    def _start_attempt(self, record: BatchRecord, dead_job_status: str | None = None) -> None:
+        """Claim and submit the batch's next attempt (after a job that ended ``dead_job_status``)."""
         attempt = record.attempt + 1
         job_id = f"raylane-batch-{record.id.removeprefix('batch_')}-{attempt}"
         # Claim the attempt first: of several replicas reconciling at once, one submits.
         if not self.records.claim_attempt(record.id, record.attempt, job_id):
             return
+        if dead_job_status is not None:
+            logger.warning(
+                "batch %s: job %s is %s; starting attempt %s",
+                record.id,
+                record.job_id,
+                dead_job_status,
+                attempt,
+            )
+        self._submit_once(record, job_id)
+
+    def _submit_claimed(self, record: BatchRecord) -> None:
+        """Submit the claimed attempt's job again: the Jobs API does not know it."""
+        assert record.job_id is not None
+        if self._submit_once(record, record.job_id):
+            logger.warning(
+                "batch %s: job %s was unknown to the cluster; submitted it", record.id, record.job_id
+            )
+
+    def _submit_once(self, record: BatchRecord, job_id: str) -> bool:
+        """Submit ``job_id``; returns whether this call did. Ray accepts one job per id, so when
+        another reader got there first, its duplicate is refused and nothing else happens."""
         try:
             self._submit(record, job_id)
-        except Exception as exc:  # noqa: BLE001 - the next read finds no job and tries again
-            logger.warning("batch %s: submitting %s failed: %s", record.id, job_id, exc)
+        except Exception as exc:  # noqa: BLE001 - a duplicate, or the Jobs API away: the next round
+            if "already exists" not in str(exc):
+                logger.warning("batch %s: submitting %s failed: %s", record.id, job_id, exc)
+            return False
+        return True
 
     def _submit(self, record: BatchRecord, job_id: str) -> None:
         from raylane.batch.runner import BatchJobParams

@@ -139,14 +139,15 @@ class BatchStore:
         return _rows_changed(result) == 1
 
     def claim_attempt(self, batch_id: str, current_attempt: int, job_id: str) -> bool:
-        """Move an active batch from ``current_attempt`` to the next, run by ``job_id``; one caller wins."""
+        """Move an active batch from ``current_attempt`` to the next, run by ``job_id``; one caller wins.
+        A batch whose driver died while finalizing is claimed too: the next attempt finalizes it."""
         with self.store.session() as session:
             result = session.execute(
                 update(BatchRecord)
                 .where(
                     BatchRecord.id == batch_id,
                     BatchRecord.attempt == current_attempt,
-                    BatchRecord.status.in_(("validating", "in_progress")),
+                    BatchRecord.status.in_(("validating", "in_progress", "finalizing")),
                 )
                 .values(attempt=current_attempt + 1, job_id=job_id)
             )

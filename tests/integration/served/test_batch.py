@@ -204,9 +204,15 @@ def test_killed_batch_job_resumes_without_losing_or_repeating_requests(lane: Bat
     lines = [chat_line(f"r{i:03d}", f"Count to {i}", max_tokens=96, ignore_eos=True) for i in range(160)]
     batch = client.batches.create(input_file_id=upload(client, lines), endpoint=CHAT, completion_window="24h")
     first_job = lane.record(batch.id).job_id
-    wait_until(client, batch.id, lambda b: b.request_counts.completed >= 16, poll=0.3)
+    # The driver's pid first: the Jobs API can take seconds on a busy head, and the tiny model
+    # answers all 160 requests in about half a minute.
     jobs = lane.project.jobs()
-    os.kill(int(jobs.get_job_info(first_job).driver_info.pid), signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while (driver := jobs.get_job_info(first_job).driver_info) is None:
+        assert time.monotonic() < deadline, "the batch job's driver never started"
+        time.sleep(0.2)
+    wait_until(client, batch.id, lambda b: b.request_counts.completed >= 16, poll=0.3)
+    os.kill(int(driver.pid), signal.SIGKILL)
 
     # Nobody polls the API now (a read would reconcile the batch): the Gateway's background round
     # must find the dead job and start the next attempt. The DB is read directly.

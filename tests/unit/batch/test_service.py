@@ -30,6 +30,8 @@ class StandInJobs:
         return status
 
     def submit_job(self, **job: Any) -> str:
+        if job["submission_id"] in self.statuses:  # Ray's JobManager refuses a second job with one id
+            raise RuntimeError(f"Job with submission_id {job['submission_id']} already exists.")
         self.submitted.append(job)
         self.statuses[job["submission_id"]] = "PENDING"
         return job["submission_id"]
@@ -39,6 +41,7 @@ class StandInJobs:
 
 
 def test_reconciling_restarts_a_dead_job_and_one_unreadable_job_stops_nothing_else(tmp_path: Path):
+    # "finalizing": the driver died while writing the output files; the next attempt finalizes.
     config = RaylaneConfig.model_validate(
         {"project_dir": str(tmp_path), "models": [{"name": "m", "source": "/models/m"}]}
     )
@@ -48,7 +51,7 @@ def test_reconciling_restarts_a_dead_job_and_one_unreadable_job_stops_nothing_el
     upload = service.upload(key, "in.jsonl", "batch", b'{"custom_id": "a", "method": "POST", "url": '
                             b'"/v1/chat/completions", "body": {"model": "m", "messages": []}}\n')  # fmt: skip
     batches = {}
-    for name in ("dead", "unreadable", "running"):
+    for name in ("dead", "finalizing", "unreadable", "running"):
         record = service.records.add_batch(
             key_id=key.id, key_name="k", endpoint="/v1/chat/completions", model="m",
             input_file_id=upload["id"], completion_window="24h", status="in_progress",
@@ -56,16 +59,53 @@ def test_reconciling_restarts_a_dead_job_and_one_unreadable_job_stops_nothing_el
         )  # fmt: skip
         assert service.records.claim_attempt(record.id, 0, f"job-{name}")
         batches[name] = record.id
-    jobs = StandInJobs({"job-dead": "FAILED", "job-unreadable": "unreadable", "job-running": "RUNNING"})
+    assert service.records.transition(batches["finalizing"], ("in_progress",), status="finalizing")
+    jobs = StandInJobs(
+        {
+            "job-dead": "FAILED",
+            "job-finalizing": "FAILED",
+            "job-unreadable": "unreadable",
+            "job-running": "RUNNING",
+        }
+    )
     service._job_client = jobs
 
-    assert service.reconcile_active() == 3
-    restarted = service.records.get_batch(batches["dead"])
-    assert (restarted.status, restarted.attempt) == ("in_progress", 2)
-    assert [job["submission_id"] for job in jobs.submitted] == [restarted.job_id]
-    assert restarted.job_id.endswith("-2") and jobs.submitted[0]["metadata"]["batch_id"] == batches["dead"]
+    assert service.reconcile_active() == 4
+    restarted = [service.records.get_batch(batches[name]) for name in ("dead", "finalizing")]
+    assert [(r.status, r.attempt) for r in restarted] == [("in_progress", 2), ("finalizing", 2)]
+    assert [job["submission_id"] for job in jobs.submitted] == [r.job_id for r in restarted]
+    assert all(r.job_id.endswith("-2") for r in restarted)
+    assert [job["metadata"]["batch_id"] for job in jobs.submitted] == [r.id for r in restarted]
     for name in ("unreadable", "running"):  # untouched: attempt 1, the same job
         record = service.records.get_batch(batches[name])
         assert (record.status, record.attempt, record.job_id) == ("in_progress", 1, f"job-{name}")
-    assert service.reconcile_active() == 3  # the new attempt is PENDING: nothing more to do
-    assert len(jobs.submitted) == 1
+    assert service.reconcile_active() == 4  # the new attempts are PENDING: nothing more to do
+    assert len(jobs.submitted) == 2
+
+
+def test_a_claimed_job_the_cluster_does_not_know_is_submitted_again_under_its_own_id(tmp_path: Path):
+    # Two readers: one claimed attempt 1 and is still submitting; the other finds the job unknown.
+    config = RaylaneConfig.model_validate(
+        {"project_dir": str(tmp_path), "models": [{"name": "m", "source": "/models/m"}]}
+    )
+    service = BatchService(config)
+    service.records.store.create_key("k")
+    key = next(k for k in service.records.store.list_keys() if k.name == "k")
+    upload = service.upload(key, "in.jsonl", "batch", b'{"custom_id": "a", "method": "POST", "url": '
+                            b'"/v1/chat/completions", "body": {"model": "m", "messages": []}}\n')  # fmt: skip
+    record = service.records.add_batch(
+        key_id=key.id, key_name="k", endpoint="/v1/chat/completions", model="m",
+        input_file_id=upload["id"], completion_window="24h", status="validating",
+        created_at=0, expires_at=1e12, total=1,
+    )  # fmt: skip
+    assert service.records.claim_attempt(record.id, 0, "job-1")
+    jobs = StandInJobs({})
+    service._job_client = jobs
+
+    service.reconcile_active()  # the job is unknown: the same attempt, under the same id
+    after = service.records.get_batch(record.id)
+    assert (after.attempt, after.job_id) == (1, "job-1")
+    assert [job["submission_id"] for job in jobs.submitted] == ["job-1"]
+    # The first submitter's request, landing after: Ray refuses the duplicate and nothing changes.
+    service._submit_claimed(service.records.get_batch(record.id))
+    assert len(jobs.submitted) == 1 and service.records.get_batch(record.id).attempt == 1
