@@ -1,11 +1,12 @@
-"""The local head: loopback only, auth enforced, status, idempotent up, full up/down cycles, and a
-restarted head serving what the last one served."""
+"""The local head: loopback only, auth enforced, status, idempotent up, full up/down cycles, a
+restarted head serving what the last one served, and a killed replica failing fast."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -136,6 +137,60 @@ def test_a_restarted_head_serves_the_same_models_to_the_same_keys(
         assert _chat(base_url, key) == 200  # same URL, same key
     finally:
         stop_project(project)
+
+
+@pytest.mark.reliability
+def test_the_only_replica_killed_costs_a_quick_503_not_a_hang(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path
+):
+    """SIGKILL of a model's one replica: requests sent while it is down get a 503 in the OpenAI
+    envelope after serve.replica_wait_s (Serve alone would queue them until the replacement is up),
+    and the model answers again without anyone redeploying it. Prints the recovery time."""
+    project = make_project(tmp_path_factory.mktemp("failfast"), serve={"replica_wait_s": 5})
+    serving = project.path / "serve.yaml"
+    model = {"name": "tiny", "source": str(tiny_model), "num_cpus": 0.5,
+             "engine_kwargs": {"dtype": "float32", "max_model_len": 256}}  # fmt: skip
+    serving.write_text(json.dumps({"models": [model]}))
+    try:
+        assert project.cli("up", "--num-cpus", "2", timeout=300).returncode == 0
+        deployed = project.cli("serve", "deploy", str(serving), timeout=900)
+        assert deployed.returncode == 0, deployed.stderr[-2000:]
+        base_url = deployed.stdout.strip().splitlines()[-1]
+        key = project.cli("keys", "create", "k").stdout.strip()
+        assert _chat(base_url, key) == 200
+        session = project.head_record()["session_id"]
+        replicas = [
+            p for p in psutil.process_iter(["cmdline"])
+            if "ServeReplica:raylane:raylane:tiny" in " ".join(p.info["cmdline"] or [])
+            and os.getsid(p.pid) == session
+        ]  # fmt: skip
+        assert len(replicas) == 1, replicas
+        replicas[0].kill()
+        killed = time.monotonic()
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: _timed_chat(base_url, key), range(4)))
+        for status, body, headers, seconds in answers:
+            assert status == 503 and body["error"]["code"] == "model_unavailable", (status, body)
+            assert headers["retry-after"] == "5" and seconds < 30, (headers, seconds)
+
+        deadline = killed + 600
+        while (status := _chat(base_url, key)) != 200:  # no redeploy: Serve starts a new replica
+            assert status == 503 and time.monotonic() < deadline, status
+            time.sleep(1)
+        slowest, back = max(seconds for *_, seconds in answers), time.monotonic() - killed
+        print(f"the only replica killed: 503 within {slowest:.1f} s, answering again after {back:.0f} s")
+    finally:
+        stop_project(project)
+
+
+def _timed_chat(base_url: str, key: str) -> tuple[int, dict, httpx.Headers, float]:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    started = time.monotonic()
+    response = httpx.post(
+        f"{base_url}/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60
+    )
+    return response.status_code, response.json(), response.headers, time.monotonic() - started
 
 
 def _serve_status(project: RayProject) -> str | None:

@@ -214,6 +214,13 @@ class ServeConfig(_Model):
         description="End-to-end deadline of one request at the Gateway: past it the client gets a 504 "
         "(or, mid-stream, an error event and the end of the stream) and the engine stops the request.",
     )
+    replica_wait_s: float = Field(
+        10,
+        gt=0,
+        description="How long an online request waits for a model that has no running replica (its "
+        "replica died or is starting) before a 503 with Retry-After; batch calls wait until one is back. "
+        "Models with autoscaling.min_replicas 0 wait as long as their first replica takes.",
+    )
     max_n: int = Field(
         8,
         ge=1,
