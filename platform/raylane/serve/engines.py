@@ -6,6 +6,8 @@ Ray's vLLM wrapper as is; raylane adds:
 * the model source is resolved on the replica's own node (a path, an ``s3://`` URI, or a registry
   ``name@version`` downloaded once into a local cache), so replicas on any node load the same files;
 * callers wait a bounded time for a replica of a model that has none (:mod:`raylane.engine.routing`);
+* the engine starts without Ray's per-node download task when the files are already on the node
+  (:mod:`raylane.engine.startup`);
 * with ``gateway=True`` the replica is the application's ingress and serves vLLM's own OpenAI app
   behind the raylane Gateway, in one process: the one-hop fast path;
 * :meth:`ModelServer.run_batch` takes a batch job's requests, many per Serve call, at a lower vLLM
@@ -29,6 +31,7 @@ from raylane.engine.batch import BatchPolicy, answer
 from raylane.engine.load import ONLINE
 from raylane.engine.options import engine_settings
 from raylane.engine.routing import router_config
+from raylane.engine.startup import callback_config
 from raylane.lanes import metrics as lane_metrics
 from raylane.serve.gateway import Gateway
 from raylane.serve.hardening import bind_replica_grpc_to_node_ip
@@ -45,7 +48,11 @@ def llm_config_for(model: ModelConfig, config: RaylaneConfig, local_path: str) -
     )
     if model.autoscaling.min_replicas > 0:
         settings["deployment_config"]["request_router_config"] = router_config(config.serve.replica_wait_s)
-    return LLMConfig(model_loading_config={"model_id": model.name, "model_source": local_path}, **settings)
+    return LLMConfig(
+        model_loading_config={"model_id": model.name, "model_source": local_path},
+        callback_config=callback_config(),
+        **settings,
+    )
 
 
 def resolve_model_source(config: RaylaneConfig, source: str) -> str:
