@@ -139,7 +139,6 @@ def test_a_restarted_head_serves_the_same_models_to_the_same_keys(
         stop_project(project)
 
 
-@pytest.mark.reliability
 def test_the_only_replica_killed_costs_a_quick_503_not_a_hang(
     tmp_path_factory: pytest.TempPathFactory, tiny_model: Path
 ):
