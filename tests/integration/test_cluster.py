@@ -115,17 +115,8 @@ def test_a_restarted_head_serves_the_same_models_to_the_same_keys(
     tmp_path_factory: pytest.TempPathFactory, tiny_model: Path
 ):
     project = make_project(tmp_path_factory.mktemp("restart"))
-    serving = project.path / "serve.yaml"
-    model = {"name": "tiny", "source": str(tiny_model), "num_cpus": 0.5,
-             "engine_kwargs": {"dtype": "float32", "max_model_len": 256}}  # fmt: skip
-    serving.write_text(json.dumps({"models": [model]}))
     try:
-        assert project.cli("up", "--num-cpus", "2", timeout=300).returncode == 0
-        deployed = project.cli("serve", "deploy", str(serving), timeout=900)
-        assert deployed.returncode == 0, deployed.stderr[-2000:]
-        base_url = deployed.stdout.strip().splitlines()[-1]
-        key = project.cli("keys", "create", "survivor").stdout.strip()
-        assert _chat(base_url, key) == 200
+        base_url, key = _serve_tiny(project, tiny_model, key_name="survivor")
         assert project.cli("down").returncode == 0
 
         up = project.cli("up", "--num-cpus", "2", timeout=300)
@@ -146,17 +137,8 @@ def test_the_only_replica_killed_costs_a_quick_503_not_a_hang(
     envelope after serve.replica_wait_s (Serve alone would queue them until the replacement is up),
     and the model answers again without anyone redeploying it. Prints the recovery time."""
     project = make_project(tmp_path_factory.mktemp("failfast"), serve={"replica_wait_s": 5})
-    serving = project.path / "serve.yaml"
-    model = {"name": "tiny", "source": str(tiny_model), "num_cpus": 0.5,
-             "engine_kwargs": {"dtype": "float32", "max_model_len": 256}}  # fmt: skip
-    serving.write_text(json.dumps({"models": [model]}))
     try:
-        assert project.cli("up", "--num-cpus", "2", timeout=300).returncode == 0
-        deployed = project.cli("serve", "deploy", str(serving), timeout=900)
-        assert deployed.returncode == 0, deployed.stderr[-2000:]
-        base_url = deployed.stdout.strip().splitlines()[-1]
-        key = project.cli("keys", "create", "k").stdout.strip()
-        assert _chat(base_url, key) == 200
+        base_url, key = _serve_tiny(project, tiny_model, key_name="k")
         session = project.head_record()["session_id"]
         replicas = [
             p for p in psutil.process_iter(["cmdline"])
@@ -181,6 +163,22 @@ def test_the_only_replica_killed_costs_a_quick_503_not_a_hang(
         print(f"the only replica killed: 503 within {slowest:.1f} s, answering again after {back:.0f} s")
     finally:
         stop_project(project)
+
+
+def _serve_tiny(project: RayProject, tiny_model: Path, *, key_name: str) -> tuple[str, str]:
+    """Start the project's head, `serve deploy` the tiny model, make a key; returns (base URL, key)
+    once the model answered it."""
+    serving = project.path / "serve.yaml"
+    model = {"name": "tiny", "source": str(tiny_model), "num_cpus": 0.5,
+             "engine_kwargs": {"dtype": "float32", "max_model_len": 256}}  # fmt: skip
+    serving.write_text(json.dumps({"models": [model]}))
+    assert project.cli("up", "--num-cpus", "2", timeout=300).returncode == 0
+    deployed = project.cli("serve", "deploy", str(serving), timeout=900)
+    assert deployed.returncode == 0, deployed.stderr[-2000:]
+    base_url = deployed.stdout.strip().splitlines()[-1]
+    key = project.cli("keys", "create", key_name).stdout.strip()
+    assert _chat(base_url, key) == 200
+    return base_url, key
 
 
 def _timed_chat(base_url: str, key: str) -> tuple[int, dict, httpx.Headers, float]:

@@ -70,7 +70,7 @@ class FailFastRouter(PowerOfTwoChoicesRequestRouter):
         if self.curr_replicas or pending_request.metadata.call_method in UNBOUNDED_METHODS:
             return await choosing
         try:
-            # Cancelling Serve's own wait takes the request out of its queue.
+            # Cancelling Serve's own wait cancels the request's future; Serve passes it over later.
             return await asyncio.wait_for(choosing, self.replica_wait_s)
         except TimeoutError:
             raise ModelUnavailableError(retry_after_s=self.replica_wait_s) from None

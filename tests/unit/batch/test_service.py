@@ -40,23 +40,28 @@ class StandInJobs:
         return True
 
 
-def test_reconciling_restarts_a_dead_job_and_one_unreadable_job_stops_nothing_else(tmp_path: Path):
-    # "finalizing": the driver died while writing the output files; the next attempt finalizes.
-    config = RaylaneConfig.model_validate(
-        {"project_dir": str(tmp_path), "models": [{"name": "m", "source": "/models/m"}]}
-    )
-    service = BatchService(config)
-    service.records.store.create_key("k")
+def _add_batch(service: BatchService, *, status: str, created_at: float) -> Any:
+    """A one-line batch of key "k" (made on first use) in ``status``, not yet claimed."""
+    if not any(k.name == "k" for k in service.records.store.list_keys()):
+        service.records.store.create_key("k")
     key = next(k for k in service.records.store.list_keys() if k.name == "k")
     upload = service.upload(key, "in.jsonl", "batch", b'{"custom_id": "a", "method": "POST", "url": '
                             b'"/v1/chat/completions", "body": {"model": "m", "messages": []}}\n')  # fmt: skip
+    return service.records.add_batch(
+        key_id=key.id, key_name="k", endpoint="/v1/chat/completions", model="m",
+        input_file_id=upload["id"], completion_window="24h", status=status,
+        created_at=created_at, expires_at=1e12, total=1,
+    )  # fmt: skip
+
+
+def test_reconciling_restarts_a_dead_job_and_one_unreadable_job_stops_nothing_else(tmp_path: Path):
+    # "finalizing": the driver died while writing the output files; the next attempt finalizes.
+    service = BatchService(RaylaneConfig.model_validate(
+        {"project_dir": str(tmp_path), "models": [{"name": "m", "source": "/models/m"}]}
+    ))  # fmt: skip
     batches = {}
     for name in ("dead", "finalizing", "unreadable", "running"):
-        record = service.records.add_batch(
-            key_id=key.id, key_name="k", endpoint="/v1/chat/completions", model="m",
-            input_file_id=upload["id"], completion_window="24h", status="in_progress",
-            created_at=len(batches), expires_at=1e12, total=1,
-        )  # fmt: skip
+        record = _add_batch(service, status="in_progress", created_at=len(batches))
         assert service.records.claim_attempt(record.id, 0, f"job-{name}")
         batches[name] = record.id
     assert service.records.transition(batches["finalizing"], ("in_progress",), status="finalizing")
@@ -85,19 +90,10 @@ def test_reconciling_restarts_a_dead_job_and_one_unreadable_job_stops_nothing_el
 
 def test_a_claimed_job_the_cluster_does_not_know_is_submitted_again_under_its_own_id(tmp_path: Path):
     # Two readers: one claimed attempt 1 and is still submitting; the other finds the job unknown.
-    config = RaylaneConfig.model_validate(
+    service = BatchService(RaylaneConfig.model_validate(
         {"project_dir": str(tmp_path), "models": [{"name": "m", "source": "/models/m"}]}
-    )
-    service = BatchService(config)
-    service.records.store.create_key("k")
-    key = next(k for k in service.records.store.list_keys() if k.name == "k")
-    upload = service.upload(key, "in.jsonl", "batch", b'{"custom_id": "a", "method": "POST", "url": '
-                            b'"/v1/chat/completions", "body": {"model": "m", "messages": []}}\n')  # fmt: skip
-    record = service.records.add_batch(
-        key_id=key.id, key_name="k", endpoint="/v1/chat/completions", model="m",
-        input_file_id=upload["id"], completion_window="24h", status="validating",
-        created_at=0, expires_at=1e12, total=1,
-    )  # fmt: skip
+    ))  # fmt: skip
+    record = _add_batch(service, status="validating", created_at=0)
     assert service.records.claim_attempt(record.id, 0, "job-1")
     jobs = StandInJobs({})
     service._job_client = jobs
