@@ -84,6 +84,18 @@ def gateway_metrics() -> GatewayMetrics:
     )
 
 
+@cache
+def replica_failovers() -> Counter:
+    """Requests the router sent to another replica because theirs died (by model)."""
+    from ray.util.metrics import Counter
+
+    return Counter(
+        "raylane_replica_failovers_total",
+        description="Requests sent to another engine replica because theirs died before answering.",
+        tag_keys=("model",),
+    )
+
+
 @dataclass(frozen=True)
 class BatchMetrics:
     """The batch lane's progress: requests answered (by model and outcome) and left, per batch."""

@@ -5,20 +5,22 @@ running replica until one appears, with no bound: when a model's only replica di
 sent before its replacement is up (a minute or more on CPU) hangs. :class:`FailFastRouter` keeps
 Serve's power-of-two-choices routing and bounds that wait: an online request that finds no running
 replica waits ``serve.replica_wait_s`` for one, then gets a 503 in the OpenAI envelope with
-``Retry-After`` (from the proxy, or as an error in the handle's caller). Batch calls
+``Retry-After`` (from the proxy, or from the router of the routed shape, which answers the error
+its handle raises). Batch calls
 (``run_batch``) wait as long as it takes: a batch resumes when its engine is back.
 
 Models that may scale to zero keep Serve's unbounded wait (their first request starts a replica).
 
 Example:
     >>> unavailable = ModelUnavailableError(retry_after_s=10)
-    >>> unavailable.status_code, unavailable.message["error"]["code"]
-    (503, 'model_unavailable')
+    >>> unavailable.status_code, unavailable.message["error"]["code"], unavailable.headers
+    (503, 'model_unavailable', {'Retry-After': '10'})
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
@@ -53,6 +55,11 @@ class ModelUnavailableError(BackPressureError):
             code="model_unavailable",
         )
         return error.to_openai()
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """``Retry-After`` in whole seconds, rounded up (as Serve's proxy writes it)."""
+        return {"Retry-After": str(math.ceil(self.retry_after_s or 0))}
 
     def __str__(self) -> str:
         return str(self.message["error"]["message"])

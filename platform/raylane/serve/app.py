@@ -1,13 +1,15 @@
 """``build_app``: the one Serve application behind raylane's OpenAI-compatible base URL.
 
-Two shapes, chosen by how many models the config serves (both behind the same Gateway):
+Two shapes, chosen by what the config serves (both behind the same Gateway):
 
-* **one model**: the model's own replica is the ingress. It serves vLLM's OpenAI app in-process
-  with the Gateway in front (one process hop from the HTTP proxy, none more), and Serve spreads
-  requests over its replicas.
-* **several models**: Ray's ``OpenAiIngress`` (``make_fastapi_ingress``) with the Gateway as its
-  middleware routes each request by its ``model`` field to that model's engine deployment over a
-  Serve handle: one hop more, for any number of models and replicas.
+* **direct** (one model with one replica): the model's own replica is the ingress. It serves
+  vLLM's OpenAI app in-process with the Gateway in front (one process hop from the HTTP proxy,
+  none more).
+* **routed** (several models, or a model that may run several replicas): Ray's ``OpenAiIngress``
+  (``make_fastapi_ingress``) with the Gateway as its middleware routes each request by its
+  ``model`` field to that model's engine deployment over a Serve handle. The hop buys fail-over:
+  a request whose replica dies before answering is sent to another one
+  (:mod:`raylane.serve.failover`), which the HTTP proxy of the direct shape cannot do.
 
 Deploy it with `raylane serve deploy`, or with plain Serve:
 
@@ -26,10 +28,11 @@ from ray.serve.llm import build_llm_deployment
 
 from raylane.config import ModelConfig, RaylaneConfig, load_serving_config
 from raylane.engine.options import DEPLOYMENT_PREFIX
+from raylane.engine.routing import ModelUnavailableError
 from raylane.errors import ConfigError
 from raylane.serve.engines import ModelServer, llm_config_for, resolve_model_source
+from raylane.serve.failover import needs_router
 from raylane.serve.gateway import Gateway
-from raylane.serve.hardening import bind_replica_grpc_to_node_ip
 
 
 def build_app(args: RaylaneConfig | dict[str, Any] | None = None) -> Any:
@@ -46,7 +49,7 @@ def build_app(args: RaylaneConfig | dict[str, Any] | None = None) -> Any:
     if len(set(names)) != len(names):
         raise ConfigError(f"models: duplicate model names in {names}")
     shared = config.job_dict()
-    if len(config.models) == 1:
+    if not needs_router(config):
         return _model_deployment(config, config.models[0], shared, ingress=True)[0]
     return _router(config, shared)
 
@@ -67,20 +70,16 @@ def _model_deployment(
 
 
 def _router(config: RaylaneConfig, shared: dict[str, Any]) -> Any:
-    from fastapi import FastAPI
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
     from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
     from ray.llm._internal.serve.core.ingress.middleware import (
         SetRequestIdMiddleware,
         add_exception_handling_middleware,
     )
-    from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
+    from ray.serve.llm.ingress import make_fastapi_ingress
 
-    class Router(OpenAiIngress):
-        """Ray's OpenAI router, with Serve's internal gRPC server kept on the node IP."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            bind_replica_grpc_to_node_ip()
-            super().__init__(*args, **kwargs)
+    from raylane.serve.router import Router
 
     deployments = {}
     cards = {}
@@ -94,6 +93,11 @@ def _router(config: RaylaneConfig, shared: dict[str, Any]) -> Any:
     add_exception_handling_middleware(app)
     app.add_middleware(SetRequestIdMiddleware)
     app.add_middleware(Gateway, config=shared)
+
+    @app.exception_handler(ModelUnavailableError)
+    async def model_unavailable(request: Request, error: ModelUnavailableError) -> JSONResponse:
+        # Raised by a model handle's FailFastRouter here; Serve's proxy would make it a 500.
+        return JSONResponse(error.message, status_code=error.status_code, headers=error.headers)
 
     @app.get("/health", include_in_schema=False)
     async def health() -> dict[str, str]:
