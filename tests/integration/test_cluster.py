@@ -1,5 +1,6 @@
 """The local head: loopback only, auth enforced, status, idempotent up, full up/down cycles, a
-restarted head serving what the last one served, and a killed replica failing fast."""
+restarted head serving what the last one served, a killed replica failing fast, and one of two
+replicas killed under load costing no non-streaming request."""
 
 from __future__ import annotations
 
@@ -139,12 +140,7 @@ def test_the_only_replica_killed_costs_a_quick_503_not_a_hang(
     project = make_project(tmp_path_factory.mktemp("failfast"), serve={"replica_wait_s": 5})
     try:
         base_url, key = _serve_tiny(project, tiny_model, key_name="k")
-        session = project.head_record()["session_id"]
-        replicas = [
-            p for p in psutil.process_iter(["cmdline"])
-            if "ServeReplica:raylane:raylane:tiny" in " ".join(p.info["cmdline"] or [])
-            and os.getsid(p.pid) == session
-        ]  # fmt: skip
+        replicas = _replicas(project)
         assert len(replicas) == 1, replicas
         replicas[0].kill()
         killed = time.monotonic()
@@ -165,12 +161,79 @@ def test_the_only_replica_killed_costs_a_quick_503_not_a_hang(
         stop_project(project)
 
 
-def _serve_tiny(project: RayProject, tiny_model: Path, *, key_name: str) -> tuple[str, str]:
-    """Start the project's head, `serve deploy` the tiny model, make a key; returns (base URL, key)
-    once the model answered it."""
+@pytest.mark.reliability
+def test_one_of_two_replicas_killed_under_load_fails_no_request(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path
+):
+    """SIGKILL of one of two replicas while both run 16 requests of 800 tokens (one in eight
+    streamed), then more requests: every non-streaming request gets its answer (the router sends
+    those the dead replica held to the other one), and every stream ends, with [DONE] or an error
+    event; none hangs."""
+    project = make_project(tmp_path_factory.mktemp("failover"))
+    try:
+        base_url, key = _serve_tiny(project, tiny_model, key_name="k", replicas=2, max_model_len=1024)
+        replicas = _replicas(project)
+        assert len(replicas) == 2, replicas
+
+        def request(i: int) -> tuple[bool, int, str]:
+            return _load_request(base_url, key, i, stream=i % 8 == 0)
+
+        with ThreadPoolExecutor(16) as pool:
+            first = [pool.submit(request, i) for i in range(16)]
+            time.sleep(1)  # all 16 are running: 800 tokens each take seconds at this load
+            replicas[0].kill()
+            answered = [future.result() for future in first] + list(pool.map(request, range(16, 48)))
+
+        plain = [status for stream, status, _ in answered if not stream]
+        assert plain == [200] * len(plain), [a for a in answered if not a[0] and a[1] != 200]
+        streams = [end for stream, _, end in answered if stream]
+        assert all(end in ("done", "error event") for end in streams), streams
+        logs = Path(project.config["ray"]["temp_dir"]) / "session_latest/logs/serve"
+        router_log = "".join(path.read_text() for path in logs.glob("replica_raylane_raylane_router_*.log"))
+        print(f"failed over: {router_log.count('sending it to another')} requests; streams: {streams}")
+        assert "sending it to another" in router_log  # the kill caught requests on the dead replica
+    finally:
+        stop_project(project)
+
+
+def _replicas(project: RayProject) -> list[psutil.Process]:
+    """The tiny model's replica processes of this project's head."""
+    session = project.head_record()["session_id"]
+    return [
+        p for p in psutil.process_iter(["cmdline"])
+        if "ServeReplica:raylane:raylane:tiny" in " ".join(p.info["cmdline"] or [])
+        and os.getsid(p.pid) == session
+    ]  # fmt: skip
+
+
+def _load_request(base_url: str, key: str, i: int, *, stream: bool) -> tuple[bool, int, str]:
+    """One chat request of 800 tokens: (streamed, status, how it ended: done, error event or cut)."""
+    body = {"model": "tiny", "messages": [{"role": "user", "content": f"hi {i}"}], "max_tokens": 800,
+            "ignore_eos": True, "stream": stream}  # fmt: skip
+    url, headers = f"{base_url}/chat/completions", {"Authorization": f"Bearer {key}"}
+    try:
+        with httpx.stream("POST", url, json=body, headers=headers, timeout=60) as response:
+            events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    except httpx.HTTPError as exc:
+        return stream, 0, f"cut: {exc!r}"
+    if not stream:
+        return stream, response.status_code, "done"
+    if any("error" in json.loads(event) for event in events if event != "[DONE]"):
+        return stream, response.status_code, "error event"
+    if events[-1:] == ["[DONE]"]:
+        return stream, response.status_code, "done"
+    return stream, response.status_code, f"cut after {len(events)} events"
+
+
+def _serve_tiny(
+    project: RayProject, tiny_model: Path, *, key_name: str, replicas: int = 1, max_model_len: int = 256
+) -> tuple[str, str]:
+    """Start the project's head, `serve deploy` the tiny model (``replicas`` of it), make a key;
+    returns (base URL, key) once the model answered it."""
     serving = project.path / "serve.yaml"
     model = {"name": "tiny", "source": str(tiny_model), "num_cpus": 0.5,
-             "engine_kwargs": {"dtype": "float32", "max_model_len": 256}}  # fmt: skip
+             "engine_kwargs": {"dtype": "float32", "max_model_len": max_model_len},
+             "autoscaling": {"min_replicas": replicas, "max_replicas": replicas}}  # fmt: skip
     serving.write_text(json.dumps({"models": [model]}))
     assert project.cli("up", "--num-cpus", "2", timeout=300).returncode == 0
     deployed = project.cli("serve", "deploy", str(serving), timeout=900)
