@@ -6,8 +6,8 @@ sent before its replacement is up (a minute or more on CPU) hangs. :class:`FailF
 Serve's power-of-two-choices routing and bounds that wait: an online request that finds no running
 replica waits ``serve.replica_wait_s`` for one, then gets a 503 in the OpenAI envelope with
 ``Retry-After`` (from the proxy, or from the router of the routed shape, which answers the error
-its handle raises). Batch calls
-(``run_batch``) wait as long as it takes: a batch resumes when its engine is back.
+its handle raises). Batch calls (``run_batch``) wait as long as it takes: a batch resumes when its
+engine is back.
 
 Models that may scale to zero keep Serve's unbounded wait (their first request starts a replica).
 

@@ -30,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
@@ -39,6 +38,7 @@ from ray.exceptions import ActorDiedError
 
 from raylane.config import RaylaneConfig
 from raylane.errors import ServiceUnavailableError
+from raylane.serve.sse import error_event
 
 # Serve writes its own logger to the replica's log file (and the dashboard's Serve view).
 log = logging.getLogger("ray.serve")
@@ -89,6 +89,7 @@ def cut_stream_event() -> str:
     """The SSE error event that ends a stream whose replica died after its first chunk.
 
     Example:
+        >>> import json
         >>> json.loads(cut_stream_event().removeprefix("data: "))["error"]["code"]
         'replica_died'
     """
@@ -97,4 +98,4 @@ def cut_stream_event() -> str:
         retry_after=0,
         code="replica_died",
     )
-    return f"data: {json.dumps(error.to_openai())}\n\n"
+    return error_event(error)

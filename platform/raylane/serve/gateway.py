@@ -55,7 +55,7 @@ from raylane.errors import (
     UnsupportedMediaTypeError,
 )
 from raylane.serve.ledger import UsageLedger
-from raylane.serve.sse import UsageTap
+from raylane.serve.sse import UsageTap, error_event
 
 logger = logging.getLogger(__name__)
 
@@ -541,7 +541,7 @@ async def _time_out(send: Any, exchange: _Exchange, deadline_s: float) -> None:
     if not exchange.response_started:
         await _send_error(send, error)
     elif not exchange.response_ended:
-        tail = f"data: {json.dumps(error.to_openai())}\n\n".encode() if exchange.stream else b""
+        tail = error_event(error).encode() if exchange.stream else b""
         await send({"type": "http.response.body", "body": tail, "more_body": False})
     exchange.status = error.http_status
 

@@ -1,4 +1,5 @@
-"""Reading token usage out of an OpenAI server-sent-event stream as it passes through.
+"""OpenAI server-sent events: reading token usage out of a stream as it passes through, and the
+error event that ends a stream cut short (:func:`error_event`).
 
 The gateway always asks the engine for the final usage chunk (``stream_options.include_usage``), so
 streamed requests are counted exactly; when the client did not ask for it, that chunk is taken out
@@ -20,7 +21,21 @@ from __future__ import annotations
 
 import json
 
+from raylane.errors import RaylaneError
+
 EVENT_END = b"\n\n"
+
+
+def error_event(error: RaylaneError) -> str:
+    """The SSE event carrying ``error`` in the OpenAI envelope: how a stream that has already sent
+    chunks says it failed (its status line went out long ago).
+
+    Example:
+        >>> from raylane.errors import GatewayTimeoutError
+        >>> error_event(GatewayTimeoutError("too slow"))[:40]
+        'data: {"error": {"message": "too slow", '
+    """
+    return f"data: {json.dumps(error.to_openai())}\n\n"
 
 
 class UsageTap:
