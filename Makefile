@@ -14,6 +14,9 @@ LOCK := cluster/local/requirements-cpu-dev.lock
 UV_VERSION := 0.13.9
 comma := ,
 UV_ENV := --overrides cluster/local/uv-overrides-cpu.txt --excludes cluster/local/uv-excludes.txt
+# Bytecode compiled once at install: where PYTHONDONTWRITEBYTECODE is set, every Ray worker and vLLM
+# process would otherwise compile torch, vLLM and Ray from source at each start (docs/benchmarks.md).
+UV_INSTALL := $(BIN)/uv pip install -p $(BIN)/python --compile-bytecode
 PYTEST_ARGS ?=
 
 .PHONY: setup lock demo test reliability test-all unit integration lint bench image render migration docs fuzz clean
@@ -25,10 +28,10 @@ setup:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 ifeq ($(EXTRAS),cpu$(comma)dev)
-	$(BIN)/uv pip install -p $(BIN)/python $(TORCH_SOURCE) --no-deps --require-hashes -r $(LOCK)
-	$(BIN)/uv pip install -p $(BIN)/python --no-deps -e .
+	$(UV_INSTALL) $(TORCH_SOURCE) --no-deps --require-hashes -r $(LOCK)
+	$(UV_INSTALL) --no-deps -e .
 else
-	$(BIN)/uv pip install -p $(BIN)/python $(TORCH_SOURCE) $(UV_ENV) -e ".[$(EXTRAS)]"
+	$(UV_INSTALL) $(TORCH_SOURCE) $(UV_ENV) -e ".[$(EXTRAS)]"
 endif
 	bash cluster/local/install-system-packages.sh
 
@@ -70,7 +73,7 @@ lint: $(BIN)/raylane
 	$(BIN)/deptry platform
 
 bench: $(BIN)/raylane
-	for b in bench/*.py; do $(BIN)/python $$b --quick || exit 1; done
+	for b in bench/[!_]*.py; do $(BIN)/python $$b --quick || exit 1; done
 
 # Container images (cluster/docker/Dockerfile), where a Docker engine runs.
 IMAGE ?= raylane
