@@ -11,8 +11,8 @@
 - ``corpus``: a corpus dataset the corpus job published on that head, for the training tests.
 
 Helpers (clients, project folders, process and cgroup readers) live in ``tests/harness.py``. Every
-test under ``tests/integration/`` is marked ``integration`` here, by its folder, so
-``pytest -m "not integration"`` runs the fast suite and starts no Ray head.
+test under ``tests/integration/`` and ``tests/reliability/`` is marked ``integration`` here, by its
+folder, so ``pytest -m "not integration"`` runs the fast suite and starts no Ray head.
 
 Starting a head, a vLLM engine or a job costs tens of seconds of CPU on 2 cores, so what tests can
 share, they share: each module adds only what it tests (its own keys, datasets, runs).
@@ -49,13 +49,14 @@ from tests.harness import (
     stop_project,
 )
 
-INTEGRATION = REPO / "tests" / "integration"
+INTEGRATION = (REPO / "tests" / "integration", REPO / "tests" / "reliability")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test under tests/integration/ ``integration``: its folder says what it needs."""
+    """Mark every test under tests/integration/ and tests/reliability/ ``integration``: its folder
+    says what it needs."""
     for item in items:
-        if INTEGRATION in Path(str(item.path)).parents:
+        if set(INTEGRATION) & set(Path(str(item.path)).parents):
             item.add_marker(pytest.mark.integration)
 
 
