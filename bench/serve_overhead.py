@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,19 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import yaml
 
-BIN = Path(sys.executable).parent
-ENGINE = {"dtype": "float32", "max_model_len": 512, "enforce_eager": True}
-ENV = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
-for leaky in (
-    "RAY_ADDRESS",
-    "RAYLANE_CONFIG",
-    "RAYLANE_CONFIG_JSON",
-    "RAY_AUTH_TOKEN",
-    "RAY_AUTH_TOKEN_PATH",
-):
-    ENV.pop(leaky, None)
+from _cluster import BIN, ENGINE, ENV, Cluster, free_port, wait_ready
 
 
 @dataclass
@@ -72,12 +60,6 @@ class Result:
     def pct(self, values: list[float], q: float) -> float:
         ordered = sorted(values)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def one_request(
@@ -152,20 +134,6 @@ def measure(
     return results
 
 
-def wait_ready(url: str, deadline_s: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} not ready after {deadline_s}s")
-
-
 def bench_vllm(model_dir: Path, workdir: Path, args) -> list[Result]:
     port = free_port()
     command = [
@@ -185,41 +153,6 @@ def bench_vllm(model_dir: Path, workdir: Path, args) -> list[Result]:
             os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
         log.close()
-
-
-class Cluster:
-    """A raylane project with its own head, for the Ray and raylane targets."""
-
-    def __init__(self, workdir: Path, throughput_optimized: bool) -> None:
-        self.dir = workdir / "project"
-        self.dir.mkdir()
-        names = ["gcs", "dashboard", "serve_http", "metrics_export", "client_server", "dashboard_agent"]
-        self.config = {
-            "ray": {
-                "ports": {name: free_port() for name in names},
-                "num_cpus": 2,
-                "object_store_memory": 200 * 1024 * 1024,
-                "temp_dir": tempfile.mkdtemp(prefix="rl-bench-", dir="/tmp"),
-                "serve_throughput_optimized": throughput_optimized,
-            }
-        }
-        (self.dir / "raylane.yaml").write_text(yaml.safe_dump(self.config))
-
-    def cli(self, *args: str, config: Path | None = None) -> str:
-        command = [str(BIN / "raylane"), *args] + (["--config", str(config)] if config else [])
-        done = subprocess.run(command, cwd=self.dir, env=ENV, capture_output=True, text=True, timeout=1200)
-        if done.returncode != 0:
-            raise RuntimeError(f"raylane {' '.join(args)}: {done.stderr.strip().splitlines()[-1:]}")
-        return done.stdout
-
-    @property
-    def serve_url(self) -> str:
-        return f"http://127.0.0.1:{self.config['ray']['ports']['serve_http']}"
-
-    def serve_config(self, name: str, models: list[dict]) -> Path:
-        path = self.dir / f"serve-{name}.yaml"  # never raylane.yaml, the cluster's own config
-        path.write_text(yaml.safe_dump({"models": models}))
-        return path
 
 
 def bench_ray_stock(cluster: Cluster, model_dir: Path, args) -> list[Result]:
@@ -325,7 +258,7 @@ def main() -> None:
     model_dir = make_tiny_model(workdir / "tiny")
     tiny = {"name": "tiny", "source": str(model_dir), "num_cpus": 1, "engine_kwargs": ENGINE}
     results = bench_vllm(model_dir, workdir, args)
-    cluster = Cluster(workdir, args.throughput_optimized)
+    cluster = Cluster(workdir, throughput_optimized=args.throughput_optimized)
     cluster.cli("up")
     try:
         key = cluster.cli("keys", "create", "bench").strip()

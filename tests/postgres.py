@@ -34,6 +34,11 @@ class PostgresServer:
     password: str
     data_dir: Path
     run_as: list[str]
+    options: str = ""
+
+    @property
+    def log(self) -> Path:
+        return self.data_dir.parent / "log"
 
     def url(self, database: str = "postgres", driver: str = "postgresql+psycopg") -> str:
         return f"{driver}://raylane:{self.password}@127.0.0.1:{self.port}/{database}"
@@ -44,9 +49,21 @@ class PostgresServer:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop the server (its clients' connections are cut) and keep its data: an outage."""
         subprocess.run([*self.run_as, _bin("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w"],
                        capture_output=True, timeout=60)  # fmt: skip
+
+    def resume(self) -> None:
+        """Start the server again on its data, after :meth:`halt`."""
+        subprocess.run(
+            [*self.run_as, _bin("pg_ctl"), "start", "-D", str(self.data_dir), "-w", "-t", "60",
+             "-l", str(self.log), "-o", self.options],
+            check=True, capture_output=True, timeout=90,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        self.halt()
         shutil.rmtree(self.data_dir.parent, ignore_errors=True)
 
 
@@ -70,9 +87,6 @@ def start_postgres(port: int) -> PostgresServer:
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={base} -c fsync=off"
-    subprocess.run(
-        [*run_as, _bin("pg_ctl"), "start", "-D", str(data), "-w", "-t", "60", "-l", str(base / "log"),
-         "-o", options],
-        check=True, capture_output=True, timeout=90,
-    )  # fmt: skip
-    return PostgresServer(port=port, password=password, data_dir=data, run_as=run_as)
+    server = PostgresServer(port=port, password=password, data_dir=data, run_as=run_as, options=options)
+    server.resume()
+    return server
