@@ -3,9 +3,10 @@
 The counting is a sliding 60-second window (:class:`SlidingWindow`). Gateway replicas share one
 window per key through a small named Ray actor (:class:`SharedLimiter`), so two replicas cannot
 each grant a key its full limit; :class:`LocalLimiter` keeps the window in the process instead (one
-Gateway, or tests without Ray). While the actor is unreachable, each process falls back to a window
-of its own, so requests never fail for it and a key gets at most its limit once per process. Keys
-without limits never call either: unlimited traffic pays nothing for the feature.
+Gateway, or tests without Ray). Each process also counts what it admits in a window of its own, so
+while the actor is unreachable (or after it restarted with empty windows) requests never fail for
+it and a key still gets at most its limit per process in any minute. Keys without limits never
+call either: unlimited traffic pays nothing for the feature.
 
 A request reserves the tokens it may use when it is admitted and settles what it used when it
 ends (:meth:`SlidingWindow.settle`), so in-flight requests cannot together overshoot ``tpm`` by more
@@ -98,6 +99,18 @@ class SlidingWindow:
         window.open[self._tickets] = entry
         return 0.0, self._tickets
 
+    def release(self, key: str, ticket: int | None) -> None:
+        """Undo the newest admission of ``key`` (another window refused the request after all)."""
+        window = self._keys.get(key)
+        if window is None:
+            return
+        if window.requests:
+            window.requests.pop()
+        entry = window.open.pop(ticket, None) if ticket is not None else None
+        if entry is not None:
+            window.token_sum -= entry[1]
+            entry[1] = 0.0
+
     def settle(self, key: str, ticket: int, tokens: int, *, now: float) -> None:
         """Replace a reservation with the tokens the request used (counted anew if it expired)."""
         window = self._keys.setdefault(key, _KeyWindow())
@@ -140,6 +153,9 @@ class RateLimiterActor:
 
     def settle(self, key: str, ticket: int, tokens: int) -> None:
         self._window.settle(key, ticket, tokens, now=self._clock())
+
+    def release(self, key: str, ticket: int | None) -> None:
+        self._window.release(key, ticket)
 
     def charge(self, key: str, tokens: int) -> None:
         self._window.charge(key, tokens, now=self._clock())
@@ -184,19 +200,25 @@ class LocalLimiter:
     def settle(self, key: str, ticket: int, tokens: int) -> None:
         self._actor.settle(key, ticket, tokens)
 
+    def release(self, key: str, ticket: int | None) -> None:
+        """Undo the newest admission of ``key``."""
+        self._actor.release(key, ticket)
+
     def charge(self, key: str, tokens: int) -> None:
         self._actor.charge(key, tokens)
 
 
 class SharedLimiter:
-    """The cluster's one window, in the limiter actor (looked up or created on first use), and a
-    window in this process while that actor is away.
+    """The cluster's one window, in the limiter actor (looked up or created on first use), and this
+    process's own window of what it admitted.
 
-    When the actor does not answer within ``ACTOR_TIMEOUT_S`` (killed, restarting, its node gone),
-    this process counts in a :class:`LocalLimiter` of its own for ``FALLBACK_S`` and then asks the
-    actor again: no request fails for it, and meanwhile a key gets at most its limit once per
-    process that holds a SharedLimiter (each Gateway replica, each batch job). A restarted actor
-    starts with empty windows, so the minute around a restart may grant a key its limit twice.
+    A request is admitted when both windows admit it: the actor's holds the limit across every
+    process, this process's own holds it when the actor cannot. When the actor does not answer
+    within ``ACTOR_TIMEOUT_S`` (killed, restarting, its node gone), the process counts in its own
+    window alone for ``FALLBACK_S`` and then asks the actor again: no request fails for it. Since
+    the own window saw every request this process admitted, through the actor or not, a key gets at
+    most its limit per process in any minute, whatever happens to the actor (once in all with one
+    Gateway; a restarted actor's empty windows grant nothing the process's window refuses).
 
     Example (no Ray here: the actor's lookup fails, so the process's own window counts):
         >>> import asyncio
@@ -207,12 +229,17 @@ class SharedLimiter:
         (0.0, True)
     """
 
+    MAX_TICKETS = 100_000  # open reservations remembered; the oldest beyond it are forgotten
+
     def __init__(self, connect: Callable[[], Any] | None = None, clock: Callable[[], float] = time.monotonic):
         self._connect = connect or shared_limiter
         self._clock = clock
         self._handle: Any = None
         self._local = LocalLimiter()
         self._local_until = float("-inf")
+        # Our ticket -> (the actor's ticket, the own window's ticket): each window settles its own.
+        self._tickets: dict[int, tuple[int | None, int | None]] = {}
+        self._next_ticket = 0
 
     def _actor(self) -> Any:
         if self._handle is None:
@@ -222,26 +249,42 @@ class SharedLimiter:
     async def acquire(
         self, key: str, rpm: int | None, tpm: int | None, reserve: int = 0
     ) -> tuple[float, int | None]:
+        retry_after, own = await self._local.acquire(key, rpm, tpm, reserve)
+        if retry_after > 0:
+            return retry_after, None  # this process alone has given the key its limit
+        shared = None
         if self._clock() >= self._local_until:
             try:
                 reply = self._actor().acquire.remote(key, rpm, tpm, reserve)
-                retry_after, ticket = await asyncio.wait_for(reply, ACTOR_TIMEOUT_S)
-                return float(retry_after), ticket
+                retry_after, shared = await asyncio.wait_for(reply, ACTOR_TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001 - any failure to reach the actor, sorted below
+                self._local.release(key, own)
                 self._fall_back(exc)
-        retry_after, ticket = await self._local.acquire(key, rpm, tpm, reserve)
-        return retry_after, None if ticket is None else -ticket  # negative: this process's window
+                return await self.acquire(key, rpm, tpm, reserve)  # the own window alone, now
+            if retry_after > 0:
+                self._local.release(key, own)
+                return float(retry_after), None
+        return 0.0, self._ticket(shared, own)
+
+    def _ticket(self, shared: int | None, own: int | None) -> int | None:
+        if shared is None and own is None:
+            return None
+        self._next_ticket += 1
+        self._tickets[self._next_ticket] = (shared, own)
+        if len(self._tickets) > self.MAX_TICKETS:
+            del self._tickets[next(iter(self._tickets))]
+        return self._next_ticket
 
     def settle(self, key: str, ticket: int, tokens: int) -> None:
-        if ticket < 0:
-            self._local.settle(key, -ticket, tokens)
-        else:
-            self._tell("settle", key, ticket, tokens)
+        shared, own = self._tickets.pop(ticket, (None, None))
+        if own is not None:
+            self._local.settle(key, own, tokens)
+        if shared is not None:
+            self._tell("settle", key, shared, tokens)
 
     def charge(self, key: str, tokens: int) -> None:
-        if self._clock() < self._local_until:
-            self._local.charge(key, tokens)
-        else:
+        self._local.charge(key, tokens)
+        if self._clock() >= self._local_until:
             self._tell("charge", key, tokens)
 
     def _tell(self, method: str, *args: Any) -> None:

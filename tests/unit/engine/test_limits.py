@@ -1,4 +1,5 @@
-"""The shared rate limiter when its actor is away: no request fails, limits keep holding per process.
+"""The shared rate limiter when its actor is away or comes back empty: no request fails, and a key
+never gets more than its limit from one process.
 
 The stand-in below is Ray's actor handle, as far as SharedLimiter uses it (``method.remote(...)``
 returns an awaitable); behind it runs raylane's real RateLimiterActor, or a failure Ray would raise.
@@ -79,18 +80,28 @@ def setup(monkeypatch: pytest.MonkeyPatch) -> tuple[SharedLimiter, StandInHandle
     return SharedLimiter(connect=connect, clock=clock), handle, clock, connects
 
 
-def test_a_dead_actor_costs_no_request_and_the_process_counts_until_it_is_back(setup):
+def test_a_dead_actor_costs_no_request_and_the_process_holds_the_limit_until_it_is_back(setup):
     limiter, handle, clock, connects = setup
-    assert acquire(limiter, rpm=2) == (0.0, None)  # the actor's window
+    assert acquire(limiter, rpm=3) == (0.0, None)  # admitted by the actor's window and this process's
     handle.state = "dead"
-    assert acquire(limiter, rpm=2) == (0.0, None)  # this process's own window admits it...
-    assert acquire(limiter, rpm=2)[0] == 0.0
-    assert acquire(limiter, rpm=2)[0] > 59  # ...and holds the limit on its own
+    assert acquire(limiter, rpm=3) == (0.0, None)  # this process's own window admits it...
+    assert acquire(limiter, rpm=3)[0] == 0.0
+    assert acquire(limiter, rpm=3)[0] > 59  # ...counting the one the actor admitted: 3 in all
     assert handle.calls.count("acquire") == 2 and len(connects) == 1  # no call while falling back
     clock.now += limits.FALLBACK_S
     handle.state = "up"
-    assert acquire(limiter, rpm=2)[0] == 0.0  # back: the actor's window, looked up anew
+    handle.actor = RateLimiterActor()  # restarted: its windows are empty
+    assert acquire(limiter, rpm=3)[0] > 59  # still 3 in this minute, whatever the new actor says
+    assert acquire(limiter, rpm=30)[0] == 0.0  # back: the actor's window, looked up anew
     assert handle.calls.count("acquire") == 3 and len(connects) == 2
+
+
+def test_a_request_the_actor_refuses_leaves_no_trace_in_the_own_window(setup):
+    limiter, handle, _, _ = setup
+    handle.actor.acquire("k", 1, None)  # another Gateway took the key's one request
+    assert acquire(limiter, rpm=1)[0] > 59  # the shared window refuses it...
+    handle.state = "dead"
+    assert acquire(limiter, rpm=1)[0] == 0.0  # ...so this process's window still has room for one
 
 
 def test_a_hung_actor_times_out_into_the_fallback(setup):
@@ -100,24 +111,33 @@ def test_a_hung_actor_times_out_into_the_fallback(setup):
     assert acquire(limiter, rpm=1)[0] > 59
 
 
-def test_tickets_settle_in_the_window_that_issued_them(setup):
+def test_tickets_settle_in_every_window_that_counted_them(setup):
     limiter, handle, clock, _ = setup
-    _, from_actor = acquire(limiter, tpm=100, reserve=80)
-    assert from_actor is not None and from_actor > 0
-    limiter.settle("k", from_actor, 10)  # the actor's window now holds 10
+    _, both = acquire(limiter, tpm=100, reserve=80)
+    assert both is not None
+    limiter.settle("k", both, 10)  # both windows now hold 10
+    assert acquire(limiter, tpm=100, reserve=80)[0] == 0.0  # 10 + 80 fit in both
     handle.state = "dead"
-    _, local = acquire(limiter, tpm=100, reserve=80)
-    assert local is not None and local < 0
-    assert acquire(limiter, tpm=100, reserve=80)[0] > 0  # 80 held locally
-    limiter.settle("k", local, 10)
-    assert acquire(limiter, tpm=100, reserve=80)[0] == 0.0
+    _, own = acquire(limiter, tpm=100, reserve=5)  # 95 held in this process's window
+    assert own is not None
+    assert acquire(limiter, tpm=100, reserve=80)[0] > 0
+    limiter.settle("k", own, 0)
     clock.now += limits.FALLBACK_S
     handle.state = "up"
-    assert acquire(limiter, tpm=100, reserve=80)[0] == 0.0  # 10 + 80 fit in the actor's window
+    assert acquire(limiter, tpm=100, reserve=80)[0] > 0  # 10 + 80 held: the actor says no to 80 more
+    assert acquire(limiter, tpm=100, reserve=5)[0] == 0.0
 
 
-def test_a_bug_in_the_call_is_not_swallowed(setup):
+def test_a_bug_in_the_actors_call_is_not_swallowed(setup, monkeypatch: pytest.MonkeyPatch):
     limiter, handle, _, _ = setup
-    with pytest.raises(TypeError):
-        asyncio.run(limiter.acquire("k", None, 100, "not a number"))  # type: ignore[arg-type]
-    assert handle.calls == ["acquire"]  # and no fallback: the actor answered, with an error
+
+    def broken(*args: Any) -> None:
+        raise ValueError("a bug in the actor")
+
+    working = handle.actor.acquire
+    monkeypatch.setattr(handle.actor, "acquire", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        acquire(limiter, rpm=1)
+    monkeypatch.setattr(handle.actor, "acquire", working)
+    assert acquire(limiter, rpm=1)[0] == 0.0  # no fallback (the actor is asked) and nothing counted
+    assert handle.calls == ["acquire", "acquire"]
