@@ -41,15 +41,21 @@ def test_a_restarted_head_serves_the_same_models_to_the_same_keys(
         stop_project(project)
 
 
+@pytest.mark.parametrize(
+    "max_replicas",
+    [1, pytest.param(2, marks=pytest.mark.reliability, id="behind-the-router")],
+)
 def test_the_only_replica_killed_costs_a_quick_503_not_a_hang(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, max_replicas: int
 ):
     """SIGKILL of a model's one replica: requests sent while it is down get a 503 in the OpenAI
     envelope after serve.replica_wait_s (Serve alone would queue them until the replacement is up),
-    and the model answers again without anyone redeploying it. Prints the recovery time."""
+    and the model answers again without anyone redeploying it. Prints the recovery time. With
+    ``max_replicas: 2`` the requests go through the router (the routed shape), which must answer
+    the same 503, not a 500."""
     project = make_project(tmp_path_factory.mktemp("failfast"), serve={"replica_wait_s": 5})
     try:
-        base_url, key = _serve_tiny(project, tiny_model, key_name="k")
+        base_url, key = _serve_tiny(project, tiny_model, key_name="k", max_replicas=max_replicas)
         replicas = _replicas(project)
         assert len(replicas) == 1, replicas
         replicas[0].kill()
@@ -136,14 +142,20 @@ def _load_request(base_url: str, key: str, i: int, *, stream: bool) -> tuple[boo
 
 
 def _serve_tiny(
-    project: RayProject, tiny_model: Path, *, key_name: str, replicas: int = 1, max_model_len: int = 256
+    project: RayProject,
+    tiny_model: Path,
+    *,
+    key_name: str,
+    replicas: int = 1,
+    max_replicas: int | None = None,
+    max_model_len: int = 256,
 ) -> tuple[str, str]:
-    """Start the project's head, `serve deploy` the tiny model (``replicas`` of it), make a key;
-    returns (base URL, key) once the model answered it."""
+    """Start the project's head, `serve deploy` the tiny model (``replicas`` of it, up to
+    ``max_replicas``), make a key; returns (base URL, key) once the model answered it."""
     serving = project.path / "serve.yaml"
     model = {"name": "tiny", "source": str(tiny_model), "num_cpus": 0.5,
              "engine_kwargs": {"dtype": "float32", "max_model_len": max_model_len},
-             "autoscaling": {"min_replicas": replicas, "max_replicas": replicas}}  # fmt: skip
+             "autoscaling": {"min_replicas": replicas, "max_replicas": max_replicas or replicas}}  # fmt: skip
     serving.write_text(json.dumps({"models": [model]}))
     assert project.cli("up", "--num-cpus", "2", timeout=300).returncode == 0
     deployed = project.cli("serve", "deploy", str(serving), timeout=900)

@@ -28,7 +28,6 @@ from ray.serve.llm import build_llm_deployment
 
 from raylane.config import ModelConfig, RaylaneConfig, load_serving_config
 from raylane.engine.options import DEPLOYMENT_PREFIX
-from raylane.engine.routing import ModelUnavailableError
 from raylane.errors import ConfigError
 from raylane.serve.engines import ModelServer, llm_config_for, resolve_model_source
 from raylane.serve.failover import needs_router
@@ -70,8 +69,7 @@ def _model_deployment(
 
 
 def _router(config: RaylaneConfig, shared: dict[str, Any]) -> Any:
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
+    from fastapi import FastAPI
     from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
     from ray.llm._internal.serve.core.ingress.middleware import (
         SetRequestIdMiddleware,
@@ -93,11 +91,6 @@ def _router(config: RaylaneConfig, shared: dict[str, Any]) -> Any:
     add_exception_handling_middleware(app)
     app.add_middleware(SetRequestIdMiddleware)
     app.add_middleware(Gateway, config=shared)
-
-    @app.exception_handler(ModelUnavailableError)
-    async def model_unavailable(request: Request, error: ModelUnavailableError) -> JSONResponse:
-        # Raised by a model handle's FailFastRouter here; Serve's proxy would make it a 500.
-        return JSONResponse(error.message, status_code=error.status_code, headers=error.headers)
 
     @app.get("/health", include_in_schema=False)
     async def health() -> dict[str, str]:

@@ -1,14 +1,27 @@
 """The router of the routed shape: Ray's OpenAI ingress, with replica fail-over
-(:mod:`raylane.serve.failover`) and Serve's internal gRPC server kept on the node IP."""
+(:mod:`raylane.serve.failover`), a model with no running replica answered as a 503, and Serve's
+internal gRPC server kept on the node IP."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
 from ray.exceptions import ActorDiedError
+
+# The body classes of OpenAiIngress's own routes (the public ones subclass them): FastAPI parses the
+# overridden routes' bodies exactly as Ray's.
+from ray.llm._internal.serve.core.configs.openai_api_models import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+)
+from ray.serve.exceptions import BackPressureError
 from ray.serve.llm.ingress import OpenAiIngress
 
+from raylane.engine.routing import ModelUnavailableError
 from raylane.metrics import replica_failovers
 from raylane.serve.failover import answer_with_failover, cut_stream_event
 from raylane.serve.hardening import bind_replica_grpc_to_node_ip
@@ -37,3 +50,27 @@ class Router(OpenAiIngress):
                 yield item
         except ActorDiedError:  # after a first chunk, so a stream (a whole answer is one item)
             yield cut_stream_event()
+
+    # The engine routes, each answering FailFastRouter's "no replica came" as the 503 envelope with
+    # Retry-After (Ray's ingress would make it a 500).
+    async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
+        return await _unavailable_as_503(super().chat(body, request))
+
+    async def completions(self, body: CompletionRequest, request: Request) -> Response:
+        return await _unavailable_as_503(super().completions(body, request))
+
+    async def embeddings(self, body: EmbeddingRequest, request: Request) -> Response:
+        return await _unavailable_as_503(super().embeddings(body, request))
+
+
+async def _unavailable_as_503(answer: Awaitable[Response]) -> Response:
+    try:
+        return await answer
+    except BackPressureError as error:
+        # Matched by Serve's base class: the instance raised in a Serve replica is not of this
+        # module's ModelUnavailableError class (a handler for that class never ran there). raylane
+        # sets no max_queued_requests, so FailFastRouter is the only source; rebuilt from its args.
+        unavailable = ModelUnavailableError(*error.args)
+        return JSONResponse(
+            unavailable.message, status_code=unavailable.status_code, headers=unavailable.headers
+        )
