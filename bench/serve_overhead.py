@@ -1,19 +1,29 @@
 """Serving overhead: raylane's gateway vs vLLM's own OpenAI server vs Ray's stock build_openai_app.
 
-One run, same tiny model and engine settings, same workload against each target:
-streaming chat completions (N requests at concurrency C, max_tokens 32, ignore_eos), measuring
-req/s, output tok/s, p50/p99 latency and time to first token, and each target's start-to-ready time.
+One run, same tiny model and engine settings, same workloads against each target: streaming chat
+completions (``ignore_eos``), measuring req/s, output tok/s, p50/p99 latency and time to first token,
+and each target's start-to-ready time (cold start).
+
+Workloads (``--workloads``):
+  short    400 requests of 32 tokens at concurrency 16 (the headline ratio)
+  long     100 requests of 256 tokens at concurrency 16
+  single   50 requests of 32 tokens at concurrency 1 (pure latency)
 
 Targets, in order (each stopped before the next starts, so they never share the 2 cores):
   vllm      python -m vllm.entrypoints.openai.api_server (the baseline, ratio 1.0)
-  ray       ray.serve.llm.build_openai_app on a raylane cluster (no auth)
   raylane   `raylane serve deploy` with a key (auth, limits lookup, usage ledger on), at the URL it prints
+  ray       ray.serve.llm.build_openai_app on the same raylane cluster (no auth)
   raylane-2models / raylane-2replicas   the multi-model router, and one model with two replicas
+  vllm      again, last: the baseline's drift over the run
 
-Ends with one line: `serve_overhead: ratio=<raylane/vllm req/s> target=0.7 ...`.
+A run is flagged ``disturbed`` when the two vLLM runs differ by more than 20% in req/s on any
+workload, or when processes other than the measured target and this client used more than 10% of
+a core during any measurement (read from every process's CPU time).
 
-    .venv/bin/python bench/serve_overhead.py            # 400 requests, c16, two repeats, all targets
-    .venv/bin/python bench/serve_overhead.py --quick    # 100 requests, one repeat, vllm + raylane only
+Ends with one line: `serve_overhead: ratio=<raylane/vllm short req/s> target=0.9 ... disturbed=<yes|no>`.
+
+    .venv/bin/python bench/serve_overhead.py            # every workload and target, two repeats
+    .venv/bin/python bench/serve_overhead.py --quick    # short only, 100 requests: vllm, raylane, vllm
 """
 
 from __future__ import annotations
@@ -33,13 +43,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 from _cluster import BIN, ENGINE, ENV, Cluster, free_port, wait_ready
+
+DRIFT = 0.20  # the two vLLM runs may differ by this much in req/s
+OTHERS_CORES = 0.10  # CPU other processes may use during a measurement, in cores
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    max_tokens: int
+    concurrency: int
+    requests: int
+
+
+WORKLOADS = {
+    "short": Workload("short", 32, 16, 400),
+    "long": Workload("long", 256, 16, 100),
+    "single": Workload("single", 32, 1, 50),
+}
 
 
 @dataclass
 class Result:
     target: str
+    workload: str
     repeat: int
     ready_s: float
     requests: int
@@ -48,6 +78,7 @@ class Result:
     output_tokens: int
     latencies: list[float]
     ttfts: list[float]
+    others_cores: float  # CPU used meanwhile by processes outside the target and this client
 
     @property
     def rps(self) -> float:
@@ -62,13 +93,42 @@ class Result:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
 
 
+class OtherCpu:
+    """CPU seconds used, during a ``with`` block, by every process outside one process session (the
+    measured target's) and this one, in cores: what else the machine was doing meanwhile."""
+
+    def __init__(self, target_session: int) -> None:
+        self.target_session = target_session
+        self.cores = 0.0
+
+    def _sample(self) -> dict[int, float]:
+        used = {}
+        for process in psutil.process_iter():
+            try:
+                if process.pid == os.getpid() or os.getsid(process.pid) == self.target_session:
+                    continue
+                times = process.cpu_times()
+                used[process.pid] = times.user + times.system
+            except (psutil.Error, ProcessLookupError):
+                continue
+        return used
+
+    def __enter__(self) -> OtherCpu:
+        self._before, self._started = self._sample(), time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        after, wall = self._sample(), time.monotonic() - self._started
+        self.cores = sum(max(0.0, t - self._before.get(pid, 0.0)) for pid, t in after.items()) / wall
+
+
 async def one_request(
-    client: httpx.AsyncClient, url: str, headers: dict, model: str
+    client: httpx.AsyncClient, url: str, headers: dict, model: str, max_tokens: int
 ) -> tuple[float, float, int]:
     body = {
         "model": model,
         "messages": [{"role": "user", "content": "Write a function that adds two numbers."}],
-        "max_tokens": 32,
+        "max_tokens": max_tokens,
         "ignore_eos": True,
         "stream": True,
         "stream_options": {"include_usage": True},
@@ -92,8 +152,9 @@ async def one_request(
     return end - started, (first or end) - started, tokens
 
 
-async def drive(base_url: str, key: str | None, model: str, n: int, concurrency: int) -> tuple:
+async def drive(base_url: str, key: str | None, model: str, n: int, workload: Workload) -> tuple:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    concurrency = workload.concurrency
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     latencies, ttfts, tokens, failed = [], [], 0, 0
     queue = iter(range(n))
@@ -105,7 +166,7 @@ async def drive(base_url: str, key: str | None, model: str, n: int, concurrency:
             for _ in queue:
                 try:
                     latency, ttft, count = await one_request(
-                        client, f"{base_url}/chat/completions", headers, model
+                        client, f"{base_url}/chat/completions", headers, model, workload.max_tokens
                     )
                 except Exception as exc:  # noqa: BLE001 - counted and reported
                     failed += 1
@@ -121,16 +182,35 @@ async def drive(base_url: str, key: str | None, model: str, n: int, concurrency:
 
 
 def measure(
-    target: str, base_url: str, key: str | None, ready_s: float, args, model: str = "tiny"
+    target: str, base_url: str, key: str | None, ready_s: float, session: int, args, model: str = "tiny"
 ) -> list[Result]:
-    asyncio.run(drive(base_url, key, model, min(32, args.requests), args.concurrency))  # warm-up
     results = []
-    for repeat in range(1, args.repeats + 1):
-        wall, lat, ttft, tokens, failed = asyncio.run(
-            drive(base_url, key, model, args.requests, args.concurrency)
-        )
-        results.append(Result(target, repeat, ready_s, len(lat), failed, wall, tokens, lat, ttft))
-        print(f"  {target} #{repeat}: {len(lat) / wall:.1f} req/s, {failed} failed", file=sys.stderr)
+    for workload in args.workloads:
+        n = args.requests or workload.requests
+        asyncio.run(drive(base_url, key, model, min(32, n), workload))  # warm-up
+        for repeat in range(1, args.repeats + 1):
+            with OtherCpu(session) as others:
+                wall, lat, ttft, tokens, failed = asyncio.run(drive(base_url, key, model, n, workload))
+            results.append(
+                Result(
+                    target,
+                    workload.name,
+                    repeat,
+                    ready_s,
+                    len(lat),
+                    failed,
+                    wall,
+                    tokens,
+                    lat,
+                    ttft,
+                    others.cores,
+                )
+            )
+            print(
+                f"  {target} {workload.name} #{repeat}: {len(lat) / wall:.1f} req/s, {failed} failed, "
+                f"others {others.cores:.2f} cores",
+                file=sys.stderr,
+            )
     return results
 
 
@@ -141,18 +221,19 @@ def bench_vllm(model_dir: Path, workdir: Path, args) -> list[Result]:
         "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
         "--max-model-len", "512", "--enforce-eager",
     ]  # fmt: skip
-    log = open(workdir / "vllm.log", "wb")  # noqa: SIM115 - closed below
+    log = open(workdir / "vllm.log", "ab")  # noqa: SIM115 - closed below
     started = time.perf_counter()
     proc = subprocess.Popen(command, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_ready(f"http://127.0.0.1:{port}/v1/models", 600, proc)
         ready = time.perf_counter() - started
-        return measure("vllm", f"http://127.0.0.1:{port}/v1", None, ready, args)
+        return measure("vllm", f"http://127.0.0.1:{port}/v1", None, ready, proc.pid, args)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
         log.close()
+        time.sleep(5)  # the engine's processes gone before the next target starts
 
 
 def bench_ray_stock(cluster: Cluster, model_dir: Path, args) -> list[Result]:
@@ -188,7 +269,7 @@ def bench_ray_stock(cluster: Cluster, model_dir: Path, args) -> list[Result]:
     try:
         wait_ready(f"{cluster.serve_url}/v1/models", 900)
         ready = time.perf_counter() - started
-        return measure("ray", f"{cluster.serve_url}/v1", None, ready, args)
+        return measure("ray", f"{cluster.serve_url}/v1", None, ready, cluster.session_id, args)
     finally:
         client.deploy_applications({"http_options": http, "applications": []})
         time.sleep(10)  # let the engine's processes exit before the next target starts
@@ -200,48 +281,67 @@ def bench_raylane(cluster: Cluster, target: str, models: list[dict], args, key: 
     base_url = cluster.cli("serve", "deploy", str(config)).strip().splitlines()[-1]
     ready = time.perf_counter() - started
     try:
-        return measure(target, base_url, key, ready, args)
+        return measure(target, base_url, key, ready, cluster.session_id, args)
     finally:
         cluster.cli("serve", "delete")
         time.sleep(10)
 
 
 def report(results: list[Result]) -> None:
-    base = [r for r in results if r.target == "vllm"]
-    base_rps = statistics.mean(r.rps for r in base)
-    base_ttft = statistics.mean(r.pct(r.ttfts, 0.5) for r in base)
     header = f"{'target':18} {'#':>2} {'ready_s':>8} {'req/s':>7} {'tok/s':>7} {'p50_ms':>7} {'p99_ms':>7}"
-    header += f" {'ttft50':>7} {'ttft99':>7} {'fail':>4} {'x_rps':>6} {'x_ttft':>6}"
-    print(header)
-    for r in results:
-        print(
-            f"{r.target:18} {r.repeat:>2} {r.ready_s:8.1f} {r.rps:7.1f} {r.tok_s:7.0f} "
-            f"{r.pct(r.latencies, 0.5):7.0f} {r.pct(r.latencies, 0.99):7.0f} {r.pct(r.ttfts, 0.5):7.0f} "
-            f"{r.pct(r.ttfts, 0.99):7.0f} {r.failed:>4} {r.rps / base_rps:6.2f} "
-            f"{r.pct(r.ttfts, 0.5) / base_ttft:6.2f}"
-        )
-
-    def mean_ratio(target: str) -> tuple[float, float]:
-        rows = [r for r in results if r.target == target]
-        if not rows:
-            return float("nan"), float("nan")
-        return (
-            statistics.mean(r.rps for r in rows) / base_rps,
-            statistics.mean(r.pct(r.ttfts, 0.5) for r in rows) / base_ttft,
-        )
-
-    ratio, ttft = mean_ratio("raylane")
+    header += f" {'ttft50':>7} {'ttft99':>7} {'fail':>4} {'others':>6} {'x_rps':>6} {'x_ttft':>6}"
+    summary: dict[str, float] = {}
+    disturbed = []
+    for workload in dict.fromkeys(r.workload for r in results):
+        rows = [r for r in results if r.workload == workload]
+        base = [r for r in rows if r.target == "vllm"]
+        base_rps = statistics.mean(r.rps for r in base)
+        base_ttft = statistics.mean(r.pct(r.ttfts, 0.5) for r in base)
+        drift = max(r.rps for r in base) / min(r.rps for r in base) - 1
+        if drift > DRIFT:
+            disturbed.append(f"{workload}: the vLLM runs differ by {drift:.0%}")
+        print(f"\n{workload}: {WORKLOADS[workload]} (vLLM {base_rps:.1f} req/s, TTFT p50 {base_ttft:.0f} ms)")
+        print(header)
+        for r in rows:
+            if r.others_cores > OTHERS_CORES:
+                disturbed.append(f"{workload}: {r.others_cores:.2f} cores used beside {r.target} #{r.repeat}")
+            print(
+                f"{r.target:18} {r.repeat:>2} {r.ready_s:8.1f} {r.rps:7.1f} {r.tok_s:7.0f} "
+                f"{r.pct(r.latencies, 0.5):7.0f} {r.pct(r.latencies, 0.99):7.0f} {r.pct(r.ttfts, 0.5):7.0f} "
+                f"{r.pct(r.ttfts, 0.99):7.0f} {r.failed:>4} {r.others_cores:6.2f} {r.rps / base_rps:6.2f} "
+                f"{r.pct(r.ttfts, 0.5) / base_ttft:6.2f}"
+            )
+        for target in dict.fromkeys(r.target for r in rows if r.target != "vllm"):
+            mine = [r for r in rows if r.target == target]
+            summary[f"{workload}:{target}"] = statistics.mean(r.rps for r in mine) / base_rps
+            summary[f"{workload}:{target}:ttft"] = (
+                statistics.mean(r.pct(r.ttfts, 0.5) for r in mine) / base_ttft
+            )
+    ready = {r.target: r.ready_s for r in results}
+    for reason in disturbed:
+        print(f"disturbed: {reason}")
     extras = " ".join(
-        f"{name}_ratio={mean_ratio(name)[0]:.2f}" for name in ("ray", "raylane-2models", "raylane-2replicas")
+        f"{name.replace(':', '_')}_ratio={value:.2f}"
+        for name, value in summary.items()
+        if not name.startswith("short:raylane:") and name != "short:raylane"
     )
-    print(f"serve_overhead: ratio={ratio:.2f} target=0.7 ttft_p50_ratio={ttft:.2f} ttft_target=2.0 {extras}")
+    print(
+        f"serve_overhead: ratio={summary.get('short:raylane', float('nan')):.2f} target=0.9 "
+        f"ttft_p50_ratio={summary.get('short:raylane:ttft', float('nan')):.2f} ttft_target=1.3 "
+        f"cold_start_ratio={ready.get('raylane', float('nan')) / ready['vllm']:.2f} {extras} "
+        f"disturbed={'yes' if disturbed else 'no'}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="100 requests, one repeat, vllm + raylane only")
-    parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--quick", action="store_true", help="short only, 100 requests, one repeat: vllm, raylane, vllm"
+    )
+    parser.add_argument("--workloads", default="short,long,single", help=f"of {', '.join(WORKLOADS)}")
+    parser.add_argument(
+        "--requests", type=int, default=0, help="requests per measurement (default: the workload's)"
+    )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument(
         "--throughput-optimized",
@@ -250,7 +350,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.quick:
-        args.requests, args.repeats = 100, 1
+        args.workloads, args.requests, args.repeats = "short", 100, 1
+    args.workloads = [WORKLOADS[name] for name in args.workloads.split(",")]
 
     from raylane.models.tiny import make_tiny_model
 
@@ -273,6 +374,7 @@ def main() -> None:
             results += bench_raylane(cluster, "raylane-2replicas", [two], args, key)
     finally:
         cluster.cli("down")
+    results += bench_vllm(model_dir, workdir, args)  # the baseline again: its drift over the run
     report(results)
 
 
