@@ -44,8 +44,8 @@ def stand_in_engine(tokens: int) -> Starlette:
 
     async def events(model: str) -> AsyncIterator[bytes]:
         for _ in range(tokens):
-            chunk = {"id": "c", "object": "chat.completion.chunk", "model": model,
-                     "choices": [{"index": 0, "delta": {"content": "tok"}, "finish_reason": None}]}  # fmt: skip
+            choice = {"index": 0, "delta": {"content": "tok"}, "finish_reason": None}
+            chunk = {"id": "c", "object": "chat.completion.chunk", "model": model, "choices": [choice]}
             yield f"data: {json.dumps(chunk)}\n\n".encode()
         yield f"data: {json.dumps({'id': 'c', 'model': model, 'choices': [], 'usage': usage})}\n\n".encode()
         yield b"data: [DONE]\n\n"
@@ -54,17 +54,27 @@ def stand_in_engine(tokens: int) -> Starlette:
         body = await request.json()
         if body.get("stream"):
             return StreamingResponse(events(body["model"]), media_type="text/event-stream")
-        message = {"role": "assistant", "content": "tok" * tokens}
-        return JSONResponse({"id": "c", "object": "chat.completion", "model": body["model"], "usage": usage,
-                             "choices": [{"index": 0, "message": message, "finish_reason": "length"}]})  # fmt: skip
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": "tok" * tokens},
+            "finish_reason": "length",
+        }
+        answer = {
+            "id": "c",
+            "object": "chat.completion",
+            "model": body["model"],
+            "usage": usage,
+            "choices": [choice],
+        }
+        return JSONResponse(answer)
 
     return Starlette(routes=[Route("/v1/chat/completions", generate, methods=["POST"])])
 
 
 async def cpu_per_request(app: Any, headers: dict[str, str], *, stream: bool, n: int, tokens: int) -> float:
     """CPU seconds of this process per request, after a warm-up."""
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "Write a function that adds two numbers."}],
-            "max_tokens": tokens, "stream": stream}  # fmt: skip
+    message = {"role": "user", "content": "Write a function that adds two numbers."}
+    body = {"model": "tiny", "messages": [message], "max_tokens": tokens, "stream": stream}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as client:
 
         async def one() -> None:
@@ -112,7 +122,8 @@ def main() -> None:
         kind = "stream" if stream else "json"
         figures[kind] = (guarded - bare) * 1e6
         print(
-            f"{kind}: {n} requests of {args.tokens} tokens: the engine app alone {bare * 1e6:.0f} µs CPU a request, "
+            f"{kind}: {n} requests of {args.tokens} tokens: the engine app alone {bare * 1e6:.0f} µs CPU "
+            f"a request, "
             f"behind the Gateway {guarded * 1e6:.0f} µs: the Gateway adds {figures[kind]:.0f} µs"
         )
     print(f"gateway_cost: stream_us={figures['stream']:.0f} json_us={figures['json']:.0f}")
