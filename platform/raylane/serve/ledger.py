@@ -2,7 +2,8 @@
 
 One INSERT per request would put the database on every request's path; instead a background task
 flushes what accumulated every ``interval_s`` (and whatever is left when the server stops). A
-failed write keeps the records for the next attempt, so a short DB outage loses nothing. A batch
+failed write keeps the records for the next attempt, so a short DB outage loses nothing (past
+:data:`MAX_PENDING` waiting records the oldest are dropped, counted and logged). A batch
 that fails :data:`MAX_ATTEMPTS` times is written row by row, and a row the database still refuses
 is set aside with a log line: it never blocks the rows behind it.
 
@@ -39,6 +40,8 @@ class UsageLedger:
         self._interval_s = interval_s
         self._pending: list[UsageRow] = []
         self._failures = 0
+        self.dropped = 0  # records dropped past MAX_PENDING since the server started
+        self._dropped_unlogged = 0
         self.set_aside: list[UsageRow] = []  # rows the database refused on their own (the newest 1000)
         self._task: asyncio.Task[None] | None = None
 
@@ -46,7 +49,10 @@ class UsageLedger:
         """Queue one ledger row."""
         self._pending.append(row)
         if len(self._pending) > MAX_PENDING:
-            del self._pending[: len(self._pending) - MAX_PENDING]
+            excess = len(self._pending) - MAX_PENDING
+            del self._pending[:excess]
+            self.dropped += excess
+            self._dropped_unlogged += excess  # said at the next flush: not one log line per request
         if self._task is None or self._task.done():
             # Without a running loop (a sync caller) the next flush() writes it.
             with contextlib.suppress(RuntimeError):
@@ -54,6 +60,13 @@ class UsageLedger:
 
     async def flush(self) -> int:
         """Write everything queued now; returns how many rows were written."""
+        if self._dropped_unlogged:
+            logger.error(
+                "usage ledger full (%s records waiting for the database): dropped the %s oldest",
+                MAX_PENDING,
+                self._dropped_unlogged,
+            )
+            self._dropped_unlogged = 0
         batch, self._pending = self._pending, []
         if not batch:
             return 0

@@ -1,12 +1,18 @@
-"""The usage ledger cannot be jammed: hostile names are cut to fit, and a row the database refuses is
-set aside without blocking the rows behind it. Runs on SQLite and a real PostgreSQL server."""
+"""The usage ledger cannot be jammed: hostile names are cut to fit, a row the database refuses is
+set aside without blocking the rows behind it, and records past its bound are dropped oldest first,
+counted and logged. Runs on SQLite and a real PostgreSQL server."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import closing
+from pathlib import Path
+
+import pytest
 
 from raylane.db import MetadataStore, UsageRecord, UsageRow
+from raylane.serve import ledger as ledger_module
 from raylane.serve.ledger import MAX_ATTEMPTS, UsageLedger
 
 
@@ -46,3 +52,23 @@ def check_set_aside(store: MetadataStore) -> None:
     assert [r.key_name for r in rows_in(store)] == ["real"] * 3
     ledger.record(good[0])  # and the ledger goes on as before
     assert asyncio.run(ledger.flush()) == 1
+
+
+def test_past_its_bound_the_oldest_records_are_dropped_counted_and_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    monkeypatch.setattr(ledger_module, "MAX_PENDING", 3)
+    database = tmp_path / "meta.db"
+    store = MetadataStore(f"sqlite:///{database}")
+    ledger = UsageLedger(store, interval_s=60)
+    for n in range(5):
+        ledger.record(UsageRow(key_name=f"k{n}", model="m", endpoint="chat", status_code=200))
+    assert ledger.dropped == 2
+    with caplog.at_level(logging.ERROR, logger="raylane.serve.ledger"):
+        assert asyncio.run(ledger.flush()) == 3
+    assert "dropped the 2 oldest" in caplog.text
+    assert [r.key_name for r in rows_in(store)] == ["k2", "k3", "k4"]
+    caplog.clear()
+    ledger.record(UsageRow(key_name="k5", model="m", endpoint="chat", status_code=200))
+    assert asyncio.run(ledger.flush()) == 1 and "dropped" not in caplog.text  # said once
+    store.close()
