@@ -14,7 +14,12 @@ Targets, in order (each stopped before the next starts, so they never share the 
   raylane   `raylane serve deploy` with a key (auth, limits lookup, usage ledger on), at the URL it prints
   ray       ray.serve.llm.build_openai_app on the same raylane cluster (no auth)
   raylane-2models / raylane-2replicas   the multi-model router, and one model with two replicas
+  raylane-haproxy   one model behind Ray's HAProxy ingress (`ray.serve_ingress: haproxy`), own head
   vllm      again, last: the baseline's drift over the run
+
+Each row also reports ``cpu_ms``: the CPU the target's processes other than vLLM's engine spent per
+request (vLLM's API server; Serve's proxy, the replica with the Gateway, Ray's daemons): the cost of
+the route to the engine, steady where req/s on 2 cores is not (see :class:`CpuUse`).
 
 A run is flagged ``disturbed`` when the two vLLM runs differ by more than 20% in req/s on any
 workload, or when processes other than the measured target and this client used more than 10% of
@@ -79,6 +84,7 @@ class Result:
     latencies: list[float]
     ttfts: list[float]
     others_cores: float  # CPU used meanwhile by processes outside the target and this client
+    serving_cpu_s: float  # CPU of the target's processes other than the engine (CpuUse)
 
     @property
     def rps(self) -> float:
@@ -88,38 +94,63 @@ class Result:
     def tok_s(self) -> float:
         return self.output_tokens / self.wall_s
 
+    @property
+    def serving_ms(self) -> float:
+        """Serving CPU per request, in ms: the target's cost of the route to the engine."""
+        return self.serving_cpu_s / max(1, self.requests) * 1000
+
     def pct(self, values: list[float], q: float) -> float:
         ordered = sorted(values)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
 
 
-class OtherCpu:
-    """CPU seconds used, during a ``with`` block, by every process outside one process session (the
-    measured target's) and this one, in cores: what else the machine was doing meanwhile."""
+class CpuUse:
+    """CPU seconds used during a ``with`` block, split three ways:
+
+    * ``cores``: every process outside the target's process session and this client, in cores: what
+      else the machine was doing meanwhile (the disturbance check);
+    * ``engine_s``: the target's vLLM engine processes (``VLLM::EngineCore``, ``VLLM::Worker``);
+    * ``serving_s``: every other process of the target: vLLM's API server, or Serve's proxy, the
+      replica with the Gateway, and Ray's own daemons.
+
+    The engine's processes spin while they wait for each other, so their CPU fills whatever the
+    cores have left and says little; ``serving_s`` per request is what the route to the engine
+    costs, and it stays steady where req/s on two cores does not.
+    """
 
     def __init__(self, target_session: int) -> None:
         self.target_session = target_session
-        self.cores = 0.0
+        self.cores = self.engine_s = self.serving_s = 0.0
 
-    def _sample(self) -> dict[int, float]:
+    def _sample(self) -> dict[int, tuple[str, float]]:
         used = {}
         for process in psutil.process_iter():
             try:
-                if process.pid == os.getpid() or os.getsid(process.pid) == self.target_session:
+                if process.pid == os.getpid():
                     continue
+                if os.getsid(process.pid) != self.target_session:
+                    kind = "other"
+                elif process.name().startswith("VLLM::"):
+                    kind = "engine"
+                else:
+                    kind = "serving"
                 times = process.cpu_times()
-                used[process.pid] = times.user + times.system
+                used[process.pid] = (kind, times.user + times.system)
             except (psutil.Error, ProcessLookupError):
                 continue
         return used
 
-    def __enter__(self) -> OtherCpu:
+    def __enter__(self) -> CpuUse:
         self._before, self._started = self._sample(), time.monotonic()
         return self
 
     def __exit__(self, *exc: object) -> None:
         after, wall = self._sample(), time.monotonic() - self._started
-        self.cores = sum(max(0.0, t - self._before.get(pid, 0.0)) for pid, t in after.items()) / wall
+        spent = {"other": 0.0, "engine": 0.0, "serving": 0.0}
+        for pid, (kind, seconds) in after.items():
+            spent[kind] += max(0.0, seconds - self._before.get(pid, (kind, 0.0))[1])
+        self.cores = spent["other"] / wall
+        self.engine_s, self.serving_s = spent["engine"], spent["serving"]
 
 
 async def one_request(
@@ -189,7 +220,7 @@ def measure(
         n = args.requests or workload.requests
         asyncio.run(drive(base_url, key, model, min(32, n), workload))  # warm-up
         for repeat in range(1, args.repeats + 1):
-            with OtherCpu(session) as others:
+            with CpuUse(session) as cpu:
                 wall, lat, ttft, tokens, failed = asyncio.run(drive(base_url, key, model, n, workload))
             results.append(
                 Result(
@@ -203,12 +234,14 @@ def measure(
                     tokens,
                     lat,
                     ttft,
-                    others.cores,
+                    cpu.cores,
+                    cpu.serving_s,
                 )
             )
             print(
                 f"  {target} {workload.name} #{repeat}: {len(lat) / wall:.1f} req/s, {failed} failed, "
-                f"others {others.cores:.2f} cores",
+                f"serving CPU {cpu.serving_s / max(1, len(lat)) * 1000:.1f} ms/req, "
+                f"others {cpu.cores:.2f} cores",
                 file=sys.stderr,
             )
     return results
@@ -287,9 +320,21 @@ def bench_raylane(cluster: Cluster, target: str, models: list[dict], args, key: 
         time.sleep(10)
 
 
+def bench_haproxy_ingress(workdir: Path, tiny: dict, args) -> list[Result]:
+    """raylane with one model behind Ray's HAProxy ingress (``ray.serve_ingress: haproxy``)."""
+    cluster = Cluster(workdir, ingress="haproxy")
+    cluster.cli("up")
+    try:
+        key = cluster.cli("keys", "create", "bench").strip()
+        return bench_raylane(cluster, "raylane-haproxy", [tiny], args, key)
+    finally:
+        cluster.cli("down")
+
+
 def report(results: list[Result]) -> None:
     header = f"{'target':18} {'#':>2} {'ready_s':>8} {'req/s':>7} {'tok/s':>7} {'p50_ms':>7} {'p99_ms':>7}"
-    header += f" {'ttft50':>7} {'ttft99':>7} {'fail':>4} {'others':>6} {'x_rps':>6} {'x_ttft':>6}"
+    header += f" {'ttft50':>7} {'ttft99':>7} {'fail':>4} {'others':>6} {'cpu_ms':>6}"
+    header += f" {'x_rps':>6} {'x_ttft':>6} {'x_cpu':>6}"
     summary: dict[str, float] = {}
     disturbed = []
     for workload in dict.fromkeys(r.workload for r in results):
@@ -297,10 +342,14 @@ def report(results: list[Result]) -> None:
         base = [r for r in rows if r.target == "vllm"]
         base_rps = statistics.mean(r.rps for r in base)
         base_ttft = statistics.mean(r.pct(r.ttfts, 0.5) for r in base)
+        base_cpu = statistics.mean(r.serving_ms for r in base)
         drift = max(r.rps for r in base) / min(r.rps for r in base) - 1
         if drift > DRIFT:
             disturbed.append(f"{workload}: the vLLM runs differ by {drift:.0%}")
-        print(f"\n{workload}: {WORKLOADS[workload]} (vLLM {base_rps:.1f} req/s, TTFT p50 {base_ttft:.0f} ms)")
+        print(
+            f"\n{workload}: {WORKLOADS[workload]} (vLLM {base_rps:.1f} req/s, TTFT p50 {base_ttft:.0f} ms, "
+            f"serving CPU {base_cpu:.1f} ms a request)"
+        )
         print(header)
         for r in rows:
             if r.others_cores > OTHERS_CORES:
@@ -308,8 +357,9 @@ def report(results: list[Result]) -> None:
             print(
                 f"{r.target:18} {r.repeat:>2} {r.ready_s:8.1f} {r.rps:7.1f} {r.tok_s:7.0f} "
                 f"{r.pct(r.latencies, 0.5):7.0f} {r.pct(r.latencies, 0.99):7.0f} {r.pct(r.ttfts, 0.5):7.0f} "
-                f"{r.pct(r.ttfts, 0.99):7.0f} {r.failed:>4} {r.others_cores:6.2f} {r.rps / base_rps:6.2f} "
-                f"{r.pct(r.ttfts, 0.5) / base_ttft:6.2f}"
+                f"{r.pct(r.ttfts, 0.99):7.0f} {r.failed:>4} {r.others_cores:6.2f} {r.serving_ms:6.1f} "
+                f"{r.rps / base_rps:6.2f} {r.pct(r.ttfts, 0.5) / base_ttft:6.2f} "
+                f"{r.serving_ms / base_cpu:6.2f}"
             )
         for target in dict.fromkeys(r.target for r in rows if r.target != "vllm"):
             mine = [r for r in rows if r.target == target]
@@ -317,6 +367,7 @@ def report(results: list[Result]) -> None:
             summary[f"{workload}:{target}:ttft"] = (
                 statistics.mean(r.pct(r.ttfts, 0.5) for r in mine) / base_ttft
             )
+            summary[f"{workload}:{target}:cpu"] = statistics.mean(r.serving_ms for r in mine) / base_cpu
     ready = {r.target: r.ready_s for r in results}
     for reason in disturbed:
         print(f"disturbed: {reason}")
@@ -328,6 +379,7 @@ def report(results: list[Result]) -> None:
     print(
         f"serve_overhead: ratio={summary.get('short:raylane', float('nan')):.2f} target=0.9 "
         f"ttft_p50_ratio={summary.get('short:raylane:ttft', float('nan')):.2f} ttft_target=1.3 "
+        f"serving_cpu_ratio={summary.get('short:raylane:cpu', float('nan')):.2f} "
         f"cold_start_ratio={ready.get('raylane', float('nan')) / ready['vllm']:.2f} {extras} "
         f"disturbed={'yes' if disturbed else 'no'}"
     )
@@ -374,6 +426,8 @@ def main() -> None:
             results += bench_raylane(cluster, "raylane-2replicas", [two], args, key)
     finally:
         cluster.cli("down")
+    if not args.quick:
+        results += bench_haproxy_ingress(workdir, tiny, args)
     results += bench_vllm(model_dir, workdir, args)  # the baseline again: its drift over the run
     report(results)
 
