@@ -58,11 +58,17 @@ class Cluster:
     """A raylane project with its own head on free loopback ports and its own Ray temp dir."""
 
     def __init__(
-        self, workdir: Path, *, throughput_optimized: bool = False, extra: dict[str, Any] | None = None
+        self,
+        workdir: Path,
+        *,
+        throughput_optimized: bool = False,
+        ingress: str = "proxy",
+        extra: dict[str, Any] | None = None,
     ):
-        self.dir = workdir / "project"
+        self.dir = workdir / f"project-{ingress}"
         self.dir.mkdir()
         names = ["gcs", "dashboard", "serve_http", "metrics_export", "client_server", "dashboard_agent"]
+        names += ["haproxy_stats", "haproxy_metrics", "serve_fallback_http"]
         self.config: dict[str, Any] = {
             "ray": {
                 "ports": {name: free_port() for name in names},
@@ -70,6 +76,7 @@ class Cluster:
                 "object_store_memory": 200 * 1024 * 1024,
                 "temp_dir": tempfile.mkdtemp(prefix="rl-bench-", dir="/tmp"),
                 "serve_throughput_optimized": throughput_optimized,
+                "serve_ingress": ingress,
             },
             **(extra or {}),
         }

@@ -155,12 +155,12 @@ class RayProject:
         return JobSubmissionClient(self.dashboard, headers={"Authorization": f"Bearer {self.token}"})
 
 
-def make_project(root: Path, num_cpus: float = 2, **sections: dict) -> RayProject:
-    """A project dir with a raylane.yaml using free ports, a short temp dir and small resources."""
-    ports = dict(
-        zip(["gcs", "dashboard", "serve_http", "metrics_export", "client_server", "dashboard_agent"],
-            free_ports(6), strict=True)
-    )  # fmt: skip
+def make_project(root: Path, num_cpus: float = 2, ray: dict | None = None, **sections: dict) -> RayProject:
+    """A project dir with a raylane.yaml using free ports, a short temp dir and small resources;
+    ``ray`` adds settings to its ``ray:`` section."""
+    names = ["gcs", "dashboard", "serve_http", "metrics_export", "client_server", "dashboard_agent",
+             "haproxy_stats", "haproxy_metrics", "serve_fallback_http"]  # fmt: skip
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     config = {
         "ray": {
             "ports": ports,
@@ -168,6 +168,7 @@ def make_project(root: Path, num_cpus: float = 2, **sections: dict) -> RayProjec
             "object_store_memory": 150 * 1024 * 1024,
             "temp_dir": tempfile.mkdtemp(prefix="rl-", dir="/tmp"),
             "start_timeout_s": 180,
+            **(ray or {}),
         },
         **sections,
     }

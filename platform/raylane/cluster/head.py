@@ -133,7 +133,7 @@ def running_head(config: RaylaneConfig) -> HeadRecord | None:
 def check_ports_free(config: RaylaneConfig) -> None:
     """Raise :class:`PortInUseError` naming the first configured port that is taken."""
     host = config.ray.bind_host
-    for name, port in config.ray.ports.model_dump().items():
+    for name, port in config.ray.ports.in_use(config.ray.serve_ingress).items():
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -174,6 +174,37 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
+def haproxy_environment(config: RaylaneConfig, temp_dir: Path) -> dict[str, str]:
+    """Ray's switches for ``ray.serve_ingress: haproxy``, with this head's own ports and files.
+
+    Ray's defaults are machine-wide (ports 8404/9101/8500, files in /tmp/haproxy-serve): two heads
+    on one machine would fight over them, so each head gets its configured ports and a directory in
+    its own temp dir.
+
+    Example:
+        >>> cfg = RaylaneConfig.model_validate({"ray": {"serve_ingress": "haproxy"}})
+        >>> haproxy_environment(cfg, Path("/tmp/t"))["RAY_SERVE_HAPROXY_SOCKET_PATH"]
+        '/tmp/t/hap/admin.sock'
+        >>> haproxy_environment(RaylaneConfig(), Path("/tmp/t"))
+        {}
+    """
+    if config.ray.serve_ingress != "haproxy":
+        return {}
+    files, ports = temp_dir / "hap", config.ray.ports  # short: HAProxy adds a node-id dir and sockets
+    return {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(files / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(files / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(files),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(files / "server-state"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(files / "metrics.sock"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(ports.haproxy_stats),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(ports.haproxy_metrics),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(ports.serve_fallback_http),
+    }
+
+
 def head_environment(config: RaylaneConfig) -> dict[str, str]:
     """The environment of the head's processes: ours plus auth, plus the config's storage secrets.
 
@@ -195,6 +226,7 @@ def head_environment(config: RaylaneConfig) -> dict[str, str]:
     env["RAYLANE_CONFIG_JSON"] = json.dumps(config.job_dict())
     if config.ray.serve_throughput_optimized:
         env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    env.update(haproxy_environment(config, default_temp_dir(config)))
     env.update(lanes.node_environment())
     if config.monitoring.enabled:  # the dashboard's metrics views read from it
         env.setdefault(

@@ -41,6 +41,33 @@ class RayPorts(_Model):
     metrics_export: int = Field(8080, ge=1, le=65535, description="Prometheus metrics export port.")
     client_server: int = Field(10001, ge=1, le=65535, description="Ray Client server port (ray://).")
     dashboard_agent: int = Field(52365, ge=1, le=65535, description="Dashboard agent HTTP port.")
+    haproxy_stats: int = Field(
+        8404, ge=1, le=65535, description="serve_ingress haproxy: HAProxy's stats page (read-only counters)."
+    )
+    haproxy_metrics: int = Field(
+        9101, ge=1, le=65535, description="serve_ingress haproxy: HAProxy's Prometheus exporter."
+    )
+    serve_fallback_http: int = Field(
+        8500,
+        ge=1,
+        le=65535,
+        description="serve_ingress haproxy: Serve's own proxy, behind HAProxy for what it cannot route.",
+    )
+
+    def in_use(self, serve_ingress: str) -> dict[str, int]:
+        """The ports a head with this ingress binds, by name.
+
+        Example:
+            >>> sorted(RayPorts().in_use("proxy")) == sorted(set(RayPorts.model_fields) - HAPROXY_PORTS)
+            True
+        """
+        ports = self.model_dump()
+        if serve_ingress == "haproxy":
+            return ports
+        return {name: port for name, port in ports.items() if name not in HAPROXY_PORTS}
+
+
+HAPROXY_PORTS = {"haproxy_stats", "haproxy_metrics", "serve_fallback_http"}
 
 
 class RayConfig(_Model):
@@ -85,6 +112,14 @@ class RayConfig(_Model):
         False,
         description="Start the head with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (gRPC between Serve's proxy and "
         "replicas, direct-ingress ports on 127.0.0.1, user code on the replica's main loop).",
+    )
+    serve_ingress: Literal["proxy", "haproxy"] = Field(
+        "proxy",
+        description="What answers the serving URL of a local head (`raylane up`; rendered clusters use "
+        "proxy). proxy: Serve's Python HTTP proxy, "
+        "which calls the ingress replica over Ray. haproxy: Ray's HAProxy ingress (the HAProxy bundled "
+        "with ray[serve]) forwarding HTTP straight to each ingress replica's own port on bind_host; "
+        "implies serve_throughput_optimized. See docs/serving.md for what each costs and keeps.",
     )
 
 

@@ -58,7 +58,8 @@ def _model_deployment(
 ) -> tuple[Any, Any]:
     """One model's engine deployment and its LLMConfig."""
     # Resolved here too: Ray reads the model's config.json while building the deployment.
-    llm_config = llm_config_for(model, config, resolve_model_source(config, model.source))
+    local_path = resolve_model_source(config, model.source)
+    llm_config = llm_config_for(model, config, local_path, ingress=ingress)
     deployment = build_llm_deployment(
         llm_config,
         name_prefix=DEPLOYMENT_PREFIX,

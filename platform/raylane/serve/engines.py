@@ -37,8 +37,13 @@ from raylane.serve.gateway import Gateway
 from raylane.serve.hardening import bind_replica_grpc_to_node_ip
 
 
-def llm_config_for(model: ModelConfig, config: RaylaneConfig, local_path: str) -> LLMConfig:
-    """The ``ray.serve.llm.LLMConfig`` of one configured model, loading from ``local_path``."""
+def llm_config_for(
+    model: ModelConfig, config: RaylaneConfig, local_path: str, *, ingress: bool = False
+) -> LLMConfig:
+    """The ``ray.serve.llm.LLMConfig`` of one configured model, loading from ``local_path``.
+
+    ``ingress``: the deployment is the application's ingress (the direct shape).
+    """
     gpus = float(model.num_gpus or 1) if model.accelerator == "gpu" else 0.0
     settings = engine_settings(
         model,
@@ -46,13 +51,23 @@ def llm_config_for(model: ModelConfig, config: RaylaneConfig, local_path: str) -
         stream_batching_ms=config.serve.stream_batching_interval_ms,
         lane_resources=lanes.requests(config, "serve", cpus=model.num_cpus, gpus=gpus),
     )
-    if model.autoscaling.min_replicas > 0:
+    # Behind Ray's HAProxy ingress, HAProxy picks the ingress replica and Serve refuses a router of
+    # ours there; a request that finds no replica gets HAProxy's own error at once instead.
+    routed_by_serve = not (ingress and haproxy_ingress())
+    if model.autoscaling.min_replicas > 0 and routed_by_serve:
         settings["deployment_config"]["request_router_config"] = router_config(config.serve.replica_wait_s)
     return LLMConfig(
         model_loading_config={"model_id": model.name, "model_source": local_path},
         callback_config=callback_config(),
         **settings,
     )
+
+
+def haproxy_ingress() -> bool:
+    """Whether this cluster's HTTP ingress is Ray's HAProxy (``ray.serve_ingress: haproxy``)."""
+    from ray.serve._private import constants
+
+    return constants.RAY_SERVE_ENABLE_HA_PROXY
 
 
 def resolve_model_source(config: RaylaneConfig, source: str) -> str:
