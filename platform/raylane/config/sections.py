@@ -264,7 +264,10 @@ class ServeConfig(_Model):
         "OpenAI's own limit is 128.",
     )
     stream_batching_interval_ms: float = Field(
-        10, ge=0, description="Multi-model router only: how long a stream chunk may wait to be batched."
+        10,
+        ge=0,
+        description="Routed shape only: how long a stream chunk after the first may wait to be batched "
+        "with the next ones (the first goes out at once).",
     )
 
 

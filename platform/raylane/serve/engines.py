@@ -10,6 +10,8 @@ Ray's vLLM wrapper as is; raylane adds:
   (:mod:`raylane.engine.startup`);
 * with ``gateway=True`` the replica is the application's ingress and serves vLLM's own OpenAI app
   behind the raylane Gateway, in one process: the one-hop fast path;
+* a stream to the router sends its first token at once, the rest batched as Ray does
+  (:mod:`raylane.engine.streaming`);
 * :meth:`ModelServer.run_batch` takes a batch job's requests, many per Serve call, at a lower vLLM
   priority than online traffic (see :mod:`raylane.batch.serving`).
 
@@ -32,6 +34,7 @@ from raylane.engine.load import ONLINE
 from raylane.engine.options import engine_settings
 from raylane.engine.routing import router_config
 from raylane.engine.startup import callback_config
+from raylane.engine.streaming import first_then_batched
 from raylane.lanes import metrics as lane_metrics
 from raylane.serve.gateway import Gateway
 from raylane.serve.hardening import bind_replica_grpc_to_node_ip
@@ -120,6 +123,10 @@ class ModelServer(LLMServer):
             return await getattr(LLMServer, method)(self, request)
 
         return await answer(engine_call, endpoint, bodies, policy)
+
+    def _batch_output_stream(self, generator: Any) -> Any:
+        # The router's streams: the first token goes out at once, not after a batching interval.
+        return first_then_batched(generator, super()._batch_output_stream)
 
     async def __serve_build_asgi_app__(self) -> Any:
         app = await super().__serve_build_asgi_app__()

@@ -1,0 +1,62 @@
+"""The router's streams: the first chunk leaves at once, the rest go in Ray's own batches."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+
+import pytest
+from ray.llm._internal.serve.utils.batcher import Batcher
+
+from raylane.engine.streaming import first_then_batched
+
+INTERVAL_MS = 200
+# Three tokens at once, a fourth well after one batching interval: a stream that outlasts it.
+DELAYS_S = [0.0, 0.01, 0.01, 0.4]
+
+
+async def _engine(delays_s: list[float]) -> AsyncGenerator[str, None]:
+    for i, delay in enumerate(delays_s):
+        await asyncio.sleep(delay)
+        yield f"token{i}"
+
+
+def _ray_batches(stream: AsyncGenerator[str, None]):
+    return Batcher(stream, interval_ms=INTERVAL_MS).stream()
+
+
+def _timed(make_batches: Callable[[], AsyncIterator[list[str]]]) -> list[tuple[float, list[str]]]:
+    """When each batch arrived (seconds) and what it held; Ray's batcher needs a running loop."""
+
+    async def run() -> list[tuple[float, list[str]]]:
+        started = time.perf_counter()
+        return [(time.perf_counter() - started, list(batch)) async for batch in make_batches()]
+
+    return asyncio.run(run())
+
+
+def test_the_first_token_does_not_wait_for_the_batching_interval():
+    arrived = _timed(lambda: first_then_batched(_engine(DELAYS_S), _ray_batches))
+    (first_at, first), *rest = arrived
+    assert first == ["token0"] and first_at < INTERVAL_MS / 1000 / 2, arrived
+    # The rest as Ray batches them: the two that came within one interval together, then the last.
+    assert [batch for _, batch in rest] == [["token1", "token2"], ["token3"]], arrived
+
+
+def test_ray_alone_holds_the_first_token_for_an_interval():
+    """What the wrapper fixes: the same stream through Ray's batcher alone."""
+    arrived = _timed(lambda: _ray_batches(_engine(DELAYS_S)))
+    assert arrived[0][1] == ["token0", "token1", "token2"], arrived
+    assert arrived[0][0] >= INTERVAL_MS / 1000 * 0.9, arrived
+
+
+def test_an_empty_stream_yields_nothing_and_an_error_propagates():
+    assert _timed(lambda: first_then_batched(_engine([]), _ray_batches)) == []
+
+    async def failing() -> AsyncGenerator[str, None]:
+        yield "token0"
+        raise RuntimeError("engine died")
+
+    with pytest.raises(RuntimeError, match="engine died"):
+        _timed(lambda: first_then_batched(failing(), _ray_batches))
