@@ -2,7 +2,7 @@
 
 One run, same tiny model and engine settings, same workloads against each target: streaming chat
 completions (``ignore_eos``), measuring req/s, output tok/s, p50/p99 latency and time to first token,
-and each target's start-to-ready time (cold start).
+and each target's cold start: from its start (`serve deploy` for Serve) to its first token.
 
 Workloads (``--workloads``):
   short    400 requests of 32 tokens at concurrency 16 (the headline ratio)
@@ -247,6 +247,20 @@ def measure(
     return results
 
 
+def wait_first_token(base_url: str, key: str | None, deadline_s: float = 900) -> None:
+    """Until a one-token chat answers 200: "ready" is the first token, for every target alike."""
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            answer = httpx.post(f"{base_url}/chat/completions", json=body, headers=headers, timeout=30)
+            if answer.status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{base_url}: no first token after {deadline_s}s")
+
+
 def bench_vllm(model_dir: Path, workdir: Path, args) -> list[Result]:
     port = free_port()
     command = [
@@ -259,6 +273,7 @@ def bench_vllm(model_dir: Path, workdir: Path, args) -> list[Result]:
     proc = subprocess.Popen(command, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_ready(f"http://127.0.0.1:{port}/v1/models", 600, proc)
+        wait_first_token(f"http://127.0.0.1:{port}/v1", None)
         ready = time.perf_counter() - started
         return measure("vllm", f"http://127.0.0.1:{port}/v1", None, ready, proc.pid, args)
     finally:
@@ -301,6 +316,7 @@ def bench_ray_stock(cluster: Cluster, model_dir: Path, args) -> list[Result]:
     client.deploy_applications({"http_options": http, "applications": [app]})
     try:
         wait_ready(f"{cluster.serve_url}/v1/models", 900)
+        wait_first_token(f"{cluster.serve_url}/v1", None)  # the ingress lists models before the engine is up
         ready = time.perf_counter() - started
         return measure("ray", f"{cluster.serve_url}/v1", None, ready, cluster.session_id, args)
     finally:
@@ -312,6 +328,7 @@ def bench_raylane(cluster: Cluster, target: str, models: list[dict], args, key: 
     config = cluster.serve_config(target, models)
     started = time.perf_counter()
     base_url = cluster.cli("serve", "deploy", str(config)).strip().splitlines()[-1]
+    wait_first_token(base_url, key)
     ready = time.perf_counter() - started
     try:
         return measure(target, base_url, key, ready, cluster.session_id, args)
