@@ -201,7 +201,7 @@ async def drive(base_url: str, key: str | None, model: str, n: int, workload: Wo
                     )
                 except Exception as exc:  # noqa: BLE001 - counted and reported
                     failed += 1
-                    print(f"  request failed: {exc}", file=sys.stderr)
+                    print(f"  request failed: {exc!r}", file=sys.stderr)
                     continue
                 latencies.append(latency)
                 ttfts.append(ttft)
