@@ -26,6 +26,7 @@ from raylane.errors import ClusterError, ConfigError, InvalidRequestError, NotFo
 
 IMPORT_PATH = "raylane.serve:build_app"
 FAILED = {"DEPLOY_FAILED", "UNHEALTHY"}
+POLL_S = 0.5  # one small REST call to the dashboard each; a longer poll only delays the first token
 SERVING_FILE_KEYS = {"models", "serve"}
 
 
@@ -170,7 +171,7 @@ def _wait_running(
                 f"(status {status}); "
                 "see `raylane serve status` and the Serve logs in the dashboard"
             )
-        time.sleep(2.0)
+        time.sleep(POLL_S)
 
 
 def app_status(config: RaylaneConfig) -> dict[str, Any]:
