@@ -67,8 +67,9 @@ class Cluster:
     ):
         self.dir = workdir / f"project-{ingress}"
         self.dir.mkdir()
-        names = ["gcs", "dashboard", "serve_http", "metrics_export", "client_server", "dashboard_agent"]
-        names += ["haproxy_stats", "haproxy_metrics", "serve_fallback_http"]
+        from raylane.config import RayPorts
+
+        names = list(RayPorts.model_fields)  # every port a head may bind, whatever its ingress
         self.config: dict[str, Any] = {
             "ray": {
                 "ports": {name: free_port() for name in names},

@@ -158,8 +158,9 @@ class RayProject:
 def make_project(root: Path, num_cpus: float = 2, ray: dict | None = None, **sections: dict) -> RayProject:
     """A project dir with a raylane.yaml using free ports, a short temp dir and small resources;
     ``ray`` adds settings to its ``ray:`` section."""
-    names = ["gcs", "dashboard", "serve_http", "metrics_export", "client_server", "dashboard_agent",
-             "haproxy_stats", "haproxy_metrics", "serve_fallback_http"]  # fmt: skip
+    from raylane.config import RayPorts
+
+    names = list(RayPorts.model_fields)  # every port a head may bind, whatever its ingress
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     config = {
         "ray": {

@@ -55,7 +55,7 @@ def llm_config_for(
         lane_resources=lanes.requests(config, "serve", cpus=model.num_cpus, gpus=gpus),
     )
     # Behind Ray's HAProxy ingress, HAProxy picks the ingress replica and Serve refuses a router of
-    # ours there; a request that finds no replica gets HAProxy's own error at once instead.
+    # ours there, so that ingress keeps Serve's unbounded wait for a replica (docs/serving.md).
     routed_by_serve = not (ingress and haproxy_ingress())
     if model.autoscaling.min_replicas > 0 and routed_by_serve:
         settings["deployment_config"]["request_router_config"] = router_config(config.serve.replica_wait_s)
