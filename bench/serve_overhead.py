@@ -18,8 +18,9 @@ Targets, in order (each stopped before the next starts, so they never share the 
   vllm      again, last: the baseline's drift over the run
 
 Each row also reports ``cpu_ms``: the CPU the target's processes other than vLLM's engine spent per
-request (vLLM's API server; Serve's proxy, the replica with the Gateway, Ray's daemons): the cost of
-the route to the engine, steady where req/s on 2 cores is not (see :class:`CpuUse`).
+request (vLLM's API server; Serve's proxy, the replica with the Gateway, Ray's daemons) beyond what
+they spend idle: the cost of the route to the engine, steadier than req/s on 2 cores (see
+:class:`CpuUse`).
 
 A run is flagged ``disturbed`` when the two vLLM runs differ by more than 20% in req/s on any
 workload, or when processes other than the measured target and this client used more than 10% of
@@ -54,6 +55,7 @@ from _cluster import BIN, ENGINE, ENV, Cluster, free_port, wait_ready
 
 DRIFT = 0.20  # the two vLLM runs may differ by this much in req/s
 OTHERS_CORES = 0.10  # CPU other processes may use during a measurement, in cores
+IDLE_S = 5.0  # how long each target's idle CPU is sampled before its load
 
 
 @dataclass(frozen=True)
@@ -114,13 +116,13 @@ class CpuUse:
       replica with the Gateway, and Ray's own daemons.
 
     The engine's processes spin while they wait for each other, so their CPU fills whatever the
-    cores have left and says little; ``serving_s`` per request is what the route to the engine
-    costs, and it stays steady where req/s on two cores does not.
+    cores have left and says little; ``serving_s`` per request, less what the same processes spend
+    idle (:func:`measure` samples that first), is what the route to the engine costs.
     """
 
     def __init__(self, target_session: int) -> None:
         self.target_session = target_session
-        self.cores = self.engine_s = self.serving_s = 0.0
+        self.cores = self.engine_s = self.serving_s = self.wall_s = 0.0
 
     def _sample(self) -> dict[int, tuple[str, float]]:
         used = {}
@@ -149,6 +151,7 @@ class CpuUse:
         spent = {"other": 0.0, "engine": 0.0, "serving": 0.0}
         for pid, (kind, seconds) in after.items():
             spent[kind] += max(0.0, seconds - self._before.get(pid, (kind, 0.0))[1])
+        self.wall_s = wall
         self.cores = spent["other"] / wall
         self.engine_s, self.serving_s = spent["engine"], spent["serving"]
 
@@ -220,8 +223,13 @@ def measure(
         n = args.requests or workload.requests
         asyncio.run(drive(base_url, key, model, min(32, n), workload))  # warm-up
         for repeat in range(1, args.repeats + 1):
+            with CpuUse(session) as idle:
+                time.sleep(IDLE_S)
             with CpuUse(session) as cpu:
                 wall, lat, ttft, tokens, failed = asyncio.run(drive(base_url, key, model, n, workload))
+            # What the requests cost: the target's own idle rate (Serve's controller, Ray's
+            # daemons) runs whether or not they come, and would otherwise grow as req/s falls.
+            serving_s = max(0.0, cpu.serving_s - idle.serving_s / idle.wall_s * cpu.wall_s)
             results.append(
                 Result(
                     target,
@@ -235,13 +243,13 @@ def measure(
                     lat,
                     ttft,
                     cpu.cores,
-                    cpu.serving_s,
+                    serving_s,
                 )
             )
             print(
                 f"  {target} {workload.name} #{repeat}: {len(lat) / wall:.1f} req/s, {failed} failed, "
-                f"serving CPU {cpu.serving_s / max(1, len(lat)) * 1000:.1f} ms/req, "
-                f"others {cpu.cores:.2f} cores",
+                f"serving CPU {serving_s / max(1, len(lat)) * 1000:.1f} ms/req "
+                f"(idle {idle.serving_s / idle.wall_s:.2f} cores), others {cpu.cores:.2f} cores",
                 file=sys.stderr,
             )
     return results
