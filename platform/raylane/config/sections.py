@@ -264,10 +264,11 @@ class ServeConfig(_Model):
         "OpenAI's own limit is 128.",
     )
     stream_batching_interval_ms: float = Field(
-        10,
+        50,
         ge=0,
-        description="Routed shape only: how long a stream chunk after the first may wait to be batched "
-        "with the next ones (the first goes out at once).",
+        description="How long a streamed chunk after the first ones may wait to travel with the next "
+        "ones: out of the ingress replica to the client and, routed shape, from an engine replica to the "
+        "router (the first token goes out at once; 0 sends every chunk alone). Ray's own default.",
     )
 
 

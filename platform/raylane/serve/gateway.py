@@ -54,6 +54,7 @@ from raylane.errors import (
     ServiceUnavailableError,
     UnsupportedMediaTypeError,
 )
+from raylane.serve.coalesce import BatchedBody
 from raylane.serve.ledger import UsageLedger
 from raylane.serve.sse import UsageTap, error_event
 
@@ -158,6 +159,7 @@ class GatewayServices:
     limiter: Limiter = field(default_factory=SharedLimiter)
     max_n: int = 8
     request_timeout_s: float = 900.0
+    stream_batching_s: float = 0.0  # how long a streamed chunk after the first may wait for company
     # Derives each key's prefix-cache salt; per process is enough (a salt only has to differ by key).
     salt_secret: str = field(default_factory=lambda: secrets.token_hex(16))
     metrics: Any = None
@@ -171,6 +173,7 @@ class GatewayServices:
             max_request_bytes=config.serve.max_request_bytes,
             max_n=config.serve.max_n,
             request_timeout_s=config.serve.request_timeout_s,
+            stream_batching_s=config.serve.stream_batching_interval_ms / 1000,
         )
 
     def observe(self, **fields: Any) -> None:
@@ -322,7 +325,12 @@ class Gateway:
             self._finish(exchange, services)
             return
         online = ONLINE.started() if path in ROUTES else None
-        sent = _tracking(send, exchange)
+        batched = (
+            BatchedBody(send, services.stream_batching_s)
+            if exchange.stream and services.stream_batching_s
+            else None
+        )
+        sent = _tracking(batched or send, exchange)
         try:
             async with asyncio.timeout(services.request_timeout_s):
                 await app(scope, receive, self._responder(sent, exchange))
@@ -332,6 +340,8 @@ class Gateway:
             exchange.status = exchange.status or 500  # Starlette answers 500 further out
             raise
         finally:
+            if batched is not None:
+                batched.close()
             if online is not None:
                 ONLINE.finished(online, exchange.first_byte_at)
             self._finish(exchange, services)

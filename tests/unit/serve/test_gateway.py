@@ -132,6 +132,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         ledger=UsageLedger(store, interval_s=60),
         max_request_bytes=config.serve.max_request_bytes,
         limiter=LocalLimiter(),
+        stream_batching_s=config.serve.stream_batching_interval_ms / 1000,
     )
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway), base_url="http://gateway")
     yield Rig(gateway, engine, store, client)
