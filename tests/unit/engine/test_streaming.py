@@ -1,4 +1,4 @@
-"""The router's streams: the first chunk leaves at once, the rest go in Ray's own batches."""
+"""The router's streams: the first chunks leave at once, the rest go in Ray's own batches."""
 
 from __future__ import annotations
 
@@ -44,6 +44,31 @@ def test_the_first_token_does_not_wait_for_the_batching_interval():
     assert [batch for _, batch in rest] == [["token1", "token2"], ["token3"]], arrived
 
 
+def test_chunks_the_engine_makes_together_leave_together_at_once():
+    """vLLM makes a chat stream's role chunk and its first token back to back: both go at once."""
+
+    async def engine() -> AsyncGenerator[str, None]:
+        yield "role"
+        yield "token0"
+        await asyncio.sleep(0.05)  # the engine's next step
+        yield "token1"
+
+    arrived = _timed(lambda: first_then_batched(engine(), _ray_batches))
+    (first_at, first), *rest = arrived
+    assert first == ["role", "token0"] and first_at < INTERVAL_MS / 1000 / 2, arrived
+    assert [batch for _, batch in rest] == [["token1"]], arrived
+
+
+def test_a_stream_over_within_its_first_moment_is_one_batch():
+    async def engine() -> AsyncGenerator[str, None]:
+        yield "role"
+        yield "token0"
+
+    assert [batch for _, batch in _timed(lambda: first_then_batched(engine(), _ray_batches))] == [
+        ["role", "token0"]
+    ]
+
+
 def test_ray_alone_holds_the_first_token_for_an_interval():
     """What the wrapper fixes: the same stream through Ray's batcher alone."""
     arrived = _timed(lambda: _ray_batches(_engine(DELAYS_S)))
@@ -60,3 +85,25 @@ def test_an_empty_stream_yields_nothing_and_an_error_propagates():
 
     with pytest.raises(RuntimeError, match="engine died"):
         _timed(lambda: first_then_batched(failing(), _ray_batches))
+
+
+def test_a_client_gone_after_the_first_batch_stops_the_engine_stream():
+    """The item being awaited when the client leaves is cancelled, so the engine aborts the request."""
+    stopped = []
+
+    async def engine() -> AsyncGenerator[str, None]:
+        try:
+            yield "token0"
+            await asyncio.sleep(10)
+            yield "token1"
+        finally:
+            stopped.append(True)
+
+    async def go() -> None:
+        stream = first_then_batched(engine(), _ray_batches)
+        assert await anext(stream) == ["token0"]
+        await stream.aclose()
+        await asyncio.sleep(0)  # the cancelled wait for token1 unwinds
+
+    asyncio.run(asyncio.wait_for(go(), 5))
+    assert stopped == [True]
