@@ -8,7 +8,8 @@ protocol on either side of it:
 
 * :func:`plan` turns each validated line into one engine row per prompt (a completions ``prompt``
   list or an embeddings ``input`` list becomes several rows), applying the chat template for chat
-  lines. A line whose body is unusable gets its error line here, without reaching the engine.
+  lines. A line whose body is unusable, or asks for a field this engine does not honour
+  (:data:`HONOURED_FIELDS`), gets its error line here, without reaching the engine.
 * :class:`Collector` gathers the engine rows of each ``custom_id`` and emits the output line once
   all of its rows are back (the body vLLM's own server would have answered).
 
@@ -42,6 +43,16 @@ SAMPLING_DEFAULTS: dict[str, Any] = {
     "repetition_penalty": 1.0,
     "min_tokens": 0,
     "ignore_eos": False,
+}
+
+# What the dedicated engine honours on each endpoint. Any other field (tools, response_format,
+# logprobs, top_k, ...) is a 400 on its line: the engine would drop it and answer something the
+# client did not ask for. A batch on the serving engine takes everything vLLM's server takes.
+_GENERATION = frozenset({"model", "user", "stream", "n", "max_tokens", "stop", "seed", *SAMPLING_DEFAULTS})
+HONOURED_FIELDS: dict[str, frozenset[str]] = {
+    "/v1/chat/completions": _GENERATION | {"messages", "max_completion_tokens"},
+    "/v1/completions": _GENERATION | {"prompt"},
+    "/v1/embeddings": frozenset({"model", "user", "input", "encoding_format"}),
 }
 
 
@@ -78,6 +89,13 @@ def _rows(
     line: BatchLine, endpoint: str, max_model_len: int, render_chat: ChatRenderer | None, cap: int | None
 ) -> list[dict[str, Any]]:
     body = line.body
+    unknown = sorted(body.keys() - HONOURED_FIELDS[endpoint])
+    if unknown:
+        raise LineError(
+            f"{unknown[0]} is not supported by the dedicated batch engine; a batch on the serving "
+            "engine (metadata raylane_engine=serving) supports it.",
+            unknown[0],
+        )
     if body.get("stream"):
         raise LineError("stream is not supported in a batch.", "stream")
     if body.get("n", 1) != 1:

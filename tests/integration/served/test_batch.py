@@ -269,7 +269,11 @@ def test_dedicated_engine_runs_a_batch_beside_serving(lane: BatchLane):
     resources, while the deployment's default stays `serving`."""
     client = lane.client()
     good = [chat_line(f"d{i}", f"Name a colour {i}", max_tokens=5, ignore_eos=True) for i in range(6)]
-    bad = [chat_line("too-long", "word " * 600), chat_line("streamed", "hi", stream=True)]
+    bad = [
+        chat_line("too-long", "word " * 600),
+        chat_line("streamed", "hi", stream=True),
+        chat_line("json", "hi", response_format={"type": "json_object"}),  # this engine would drop it
+    ]
     batch = client.batches.create(
         input_file_id=upload(client, bad + good),
         endpoint=CHAT,
@@ -277,11 +281,16 @@ def test_dedicated_engine_runs_a_batch_beside_serving(lane: BatchLane):
         metadata={"raylane_engine": "dedicated"},
     )
     done = wait_until(client, batch.id, lambda b: b.status == "completed")
-    assert (done.request_counts.completed, done.request_counts.failed) == (6, 2)
+    assert (done.request_counts.completed, done.request_counts.failed) == (6, 3)
     outputs = read_jsonl(client, done.output_file_id)
     assert [o["custom_id"] for o in outputs] == [g["custom_id"] for g in good]
     assert all(o["response"]["body"]["usage"]["completion_tokens"] == 5 for o in outputs)
     errors = {e["custom_id"]: e["response"] for e in read_jsonl(client, done.error_file_id)}
-    assert {name: e["status_code"] for name, e in errors.items()} == {"too-long": 400, "streamed": 400}
+    assert {name: e["status_code"] for name, e in errors.items()} == {
+        "too-long": 400,
+        "streamed": 400,
+        "json": 400,
+    }
+    assert errors["json"]["body"]["error"]["param"] == "response_format"
     logs = lane.project.cli("jobs", "logs", lane.record(batch.id).job_id).stdout
     assert "dedicated engine" in logs

@@ -96,6 +96,50 @@ def test_plan_renders_chat_applies_caps_and_rejects_unusable_bodies():
     assert "limit of 50" in reasons["capped"] and all(f["response"]["status_code"] == 400 for f in failed)
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "body", "field"),
+    [
+        (
+            CHAT,
+            {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}},
+            "response_format",
+        ),
+        (
+            CHAT,
+            {"messages": [{"role": "user", "content": "x"}], "tools": [], "tool_choice": "none"},
+            "tool_choice",
+        ),
+        (CHAT, {"messages": [{"role": "user", "content": "x"}], "logprobs": True}, "logprobs"),
+        ("/v1/completions", {"prompt": "x", "top_k": 5}, "top_k"),
+        ("/v1/completions", {"prompt": "x", "min_p": 0.1}, "min_p"),
+        ("/v1/embeddings", {"input": "x", "dimensions": 8}, "dimensions"),
+    ],
+)
+def test_the_dedicated_engine_refuses_fields_it_would_drop(endpoint: str, body: dict, field: str):
+    """A field the engine would silently ignore is a 400 on its line, naming the field."""
+    rows, failed = plan(
+        [BatchLine(1, "a", {"model": "m", **body})],
+        endpoint=endpoint,
+        max_model_len=64,
+        render_chat=lambda m: [1, 2, 3],
+    )
+    assert rows == []
+    (line,) = failed
+    error = line["response"]["body"]["error"]
+    assert line["response"]["status_code"] == 400 and error["param"] == field
+    assert "dedicated batch engine" in error["message"] and "raylane_engine=serving" in error["message"]
+
+
+def test_the_dedicated_engine_takes_the_fields_it_honours():
+    body = {
+        "model": "m", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 4,
+        "temperature": 0, "top_p": 0.5, "stop": ["\n"], "seed": 7, "user": "u", "stream": False, "n": 1,
+    }  # fmt: skip
+    rows, failed = plan([BatchLine(1, "a", body)], endpoint=CHAT, max_model_len=64, render_chat=lambda m: [1])
+    assert failed == [] and rows[0]["sampling_params"]["max_tokens"] == 4
+    assert rows[0]["sampling_params"]["seed"] == 7 and rows[0]["sampling_params"]["top_p"] == 0.5
+
+
 def test_collector_regroups_embedding_inputs_in_order():
     rows, _ = plan(
         [BatchLine(1, "e", {"model": "m", "input": ["a", "b"], "encoding_format": "base64"})],
