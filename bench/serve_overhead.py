@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -269,7 +270,10 @@ def wait_first_token(base_url: str, key: str | None, deadline_s: float = 900) ->
     raise RuntimeError(f"{base_url}: no first token after {deadline_s}s")
 
 
-def bench_vllm(model_dir: Path, workdir: Path, args) -> list[Result]:
+@contextlib.contextmanager
+def vllm_server(model_dir: Path, workdir: Path) -> Iterator[tuple[str, int, float]]:
+    """vLLM's own OpenAI server on a free port, up to its first token: (base URL, its process
+    session, seconds from start to first token); stopped, engine processes and all, on exit."""
     port = free_port()
     command = [
         str(BIN / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
@@ -282,14 +286,18 @@ def bench_vllm(model_dir: Path, workdir: Path, args) -> list[Result]:
     try:
         wait_ready(f"http://127.0.0.1:{port}/v1/models", 600, proc)
         wait_first_token(f"http://127.0.0.1:{port}/v1", None)
-        ready = time.perf_counter() - started
-        return measure("vllm", f"http://127.0.0.1:{port}/v1", None, ready, proc.pid, args)
+        yield f"http://127.0.0.1:{port}/v1", proc.pid, time.perf_counter() - started
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
         log.close()
         time.sleep(5)  # the engine's processes gone before the next target starts
+
+
+def bench_vllm(model_dir: Path, workdir: Path, args) -> list[Result]:
+    with vllm_server(model_dir, workdir) as (base_url, session, ready):
+        return measure("vllm", base_url, None, ready, session, args)
 
 
 def bench_ray_stock(cluster: Cluster, model_dir: Path, args) -> list[Result]:
