@@ -22,7 +22,11 @@ serve_app = typer.Typer(help="Deploy, inspect and remove the OpenAI-compatible A
 
 ModelFlag = Annotated[
     list[str] | None,
-    typer.Option("--model", "-m", help="NAME=SOURCE (path, s3:// URI or name@version); replaces `models:`."),
+    typer.Option(
+        "--model",
+        "-m",
+        help="NAME=SOURCE (path, s3:// URI, name@version or hub id org/name); replaces `models:`.",
+    ),
 ]
 
 

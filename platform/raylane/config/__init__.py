@@ -37,6 +37,7 @@ from raylane.config.sections import (
     S3Config,
     ServeConfig,
     StorageConfig,
+    is_hub_id,
     is_model_path,
     mask_url_password,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "describe_validation_error",
     "env_overrides",
     "find_config_file",
+    "is_hub_id",
     "is_model_path",
     "json_schema",
     "load_config",

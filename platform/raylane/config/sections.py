@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -206,7 +207,11 @@ class ModelConfig(_Model):
     """One model served by the online lane (and usable by batch)."""
 
     name: str = Field(description="The model id clients send as `model`.", min_length=1)
-    source: str = Field(description="A local path, an s3:// URI, or a registry name `name@version`.")
+    source: str = Field(
+        description="A local path, an s3:// URI, a registry name `name@version`, or a Hugging Face hub id "
+        "`org/name` (from the hub cache, downloaded there when the hub is reachable; a project folder "
+        "of that name wins)."
+    )
     task: Literal["generate", "embed"] = Field("generate", description="Text generation or embeddings.")
     accelerator: Literal["cpu", "gpu"] = Field("cpu", description="Where the engine runs.")
     num_gpus: float = Field(0, ge=0, description="GPUs per replica; fractions share a GPU.")
@@ -463,9 +468,12 @@ class RaylaneConfig(_Model):
         if not self.database.url:
             self.database.url = f"sqlite:///{self.state_dir / 'raylane.db'}"
         for model in self.models:
-            # Paths are relative to the project (replicas run elsewhere); bare names are registry refs.
+            # Paths are relative to the project (replicas run elsewhere); bare names are registry
+            # refs; `org/name` is a Hugging Face hub id unless the project has such a folder.
             if is_model_path(model.source):
-                model.source = str(_resolve(project, Path(model.source)))
+                local = _resolve(project, Path(model.source))
+                if local.exists() or not is_hub_id(model.source):
+                    model.source = str(local)
         if self.ray.auth_token_path:
             self.ray.auth_token_path = _resolve(project, self.ray.auth_token_path)
         if self.ray.temp_dir:
@@ -509,6 +517,19 @@ class RaylaneConfig(_Model):
         if self.is_remote:  # a path on the submitter's machine: the cluster has its own token
             data["ray"]["auth_token_path"] = None
         return data
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def is_hub_id(source: str) -> bool:
+    """Whether a model source has the shape of a Hugging Face hub id, ``org/name``.
+
+    Example:
+        >>> is_hub_id("Qwen/Qwen2.5-0.5B-Instruct"), is_hub_id("./models/tiny"), is_hub_id("tiny@2")
+        (True, False, False)
+    """
+    return HUB_ID.fullmatch(source) is not None
 
 
 def is_model_path(source: str) -> bool:

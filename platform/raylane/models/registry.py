@@ -22,10 +22,14 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from raylane.artifacts.refs import model_path, parse_ref, version_folder
+from raylane.config import is_hub_id
 from raylane.db import MetadataStore
 from raylane.errors import InvalidRequestError, NotFoundError
 from raylane.storage import Storage, private_dir
 
+# What vLLM loads from a hub repo: safetensors weights, config, tokenizer, chat template; not the
+# other weight formats beside them, nor remote code.
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 # Per user: a cache in a shared /tmp that someone else owns could hand replicas their weights.
 LOCAL_CACHE = Path(os.environ.get("RAYLANE_MODEL_CACHE", f"/tmp/raylane-models-{os.getuid()}"))
 
@@ -59,10 +63,12 @@ def _source_location(store: Storage, source: str) -> tuple[pafs.FileSystem, str]
 
 
 def resolve_local_path(store: Storage, db: MetadataStore | None, source: str) -> Path:
-    """A local directory vLLM can load for a model source: a path, an s3:// URI or ``name@version``.
+    """A local directory vLLM can load for a model source: a path, an s3:// URI, ``name@version``
+    or a Hugging Face hub id ``org/name``.
 
-    Registry entries and S3 URIs on a remote root are downloaded once into a local cache. Workers
-    without the metadata DB (``db=None``) pass the URI the driver looked up.
+    Registry entries and S3 URIs on a remote root are downloaded once into a local cache; a hub id
+    is the Hugging Face hub cache's snapshot (:func:`hub_snapshot`). Workers without the metadata
+    DB (``db=None``) pass the URI the driver looked up.
     """
     if (
         not source.startswith(("s3://", "file://"))
@@ -70,6 +76,8 @@ def resolve_local_path(store: Storage, db: MetadataStore | None, source: str) ->
         and Path(source).expanduser().is_dir()
     ):
         return Path(source).expanduser().resolve()
+    if is_hub_id(source):  # a registry name has no slash; a directory of that name won above
+        return hub_snapshot(source)
     uri = source
     cache_name = source.replace("/", "_").replace(":", "_")
     if not source.startswith(("s3://", "file://")):
@@ -94,6 +102,26 @@ def resolve_local_path(store: Storage, db: MetadataStore | None, source: str) ->
         shutil.rmtree(target, ignore_errors=True)
         partial.rename(target)
     return target
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """The local snapshot of Hugging Face hub model ``repo_id`` (``org/name``), as ``vllm serve
+    org/name`` would load it: from the hub cache (``HF_HOME``, ``HF_HUB_CACHE``), downloaded there
+    first when the hub is reachable; with ``HF_HUB_OFFLINE=1`` or no network, the cached snapshot.
+
+    Example:
+        >>> hub_snapshot("Qwen/Qwen2.5-0.5B-Instruct")  # doctest: +SKIP
+        PosixPath('/root/.cache/huggingface/hub/models--Qwen--Qwen2.5-0.5B-Instruct/snapshots/7ae5...')
+    """
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+    except Exception as exc:  # noqa: BLE001 - the hub's errors are many; each means "not available"
+        raise NotFoundError(
+            f"model source {repo_id!r}: not a local directory, and neither the Hugging Face hub nor "
+            f"its local cache has it ({type(exc).__name__})"
+        ) from None
 
 
 def list_models(db: MetadataStore) -> list[dict[str, Any]]:

@@ -50,3 +50,44 @@ def test_register_rejects_non_model_dirs_and_bad_names(parts, tmp_path: Path, mo
     with pytest.raises(InvalidRequestError):
         register(store, db, "a@b", str(model_dir))
     assert store.versions("models/x") == []
+
+
+def _plant_in_hub_cache(cache: Path, repo_id: str, model_dir: Path) -> Path:
+    """``model_dir``'s files as the Hugging Face hub cache holds a downloaded repo's main revision."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json"):
+        (snapshot / name).write_bytes((model_dir / name).read_bytes())
+    return snapshot
+
+
+def test_a_hub_id_resolves_to_its_snapshot_in_the_local_hub_cache(
+    parts, tmp_path: Path, model_dir: Path, monkeypatch
+):
+    from huggingface_hub import constants
+
+    store, db = parts
+    cache = tmp_path / "hub"
+    snapshot = _plant_in_hub_cache(cache, "acme/tiny-chat", model_dir)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # no hub here: the cache answers
+    resolved = resolve_local_path(store, db, "acme/tiny-chat")
+    assert resolved == snapshot and json.loads((resolved / "config.json").read_text()) == {
+        "model_type": "llama"
+    }
+    with pytest.raises(NotFoundError, match="acme/absent.*neither the Hugging Face hub nor its local cache"):
+        resolve_local_path(store, db, "acme/absent")
+
+
+def test_a_project_folder_named_like_a_hub_id_wins(tmp_path: Path, model_dir: Path):
+    from raylane.config import RaylaneConfig
+
+    (tmp_path / "acme").mkdir()
+    model_dir.rename(tmp_path / "acme" / "tiny-chat")
+    models = [{"name": "a", "source": "acme/tiny-chat"}, {"name": "b", "source": "acme/elsewhere"}]
+    config = RaylaneConfig.model_validate({"project_dir": str(tmp_path), "models": models})
+    assert [m.source for m in config.models] == [str(tmp_path / "acme" / "tiny-chat"), "acme/elsewhere"]
