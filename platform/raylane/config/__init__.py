@@ -40,6 +40,7 @@ from raylane.config.sections import (
     is_hub_id,
     is_model_path,
     mask_url_password,
+    model_source_from,
 )
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "find_config_file",
     "is_hub_id",
     "is_model_path",
+    "model_source_from",
     "json_schema",
     "load_config",
     "load_serving_config",

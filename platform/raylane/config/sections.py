@@ -470,10 +470,7 @@ class RaylaneConfig(_Model):
         for model in self.models:
             # Paths are relative to the project (replicas run elsewhere); bare names are registry
             # refs; `org/name` is a Hugging Face hub id unless the project has such a folder.
-            if is_model_path(model.source):
-                local = _resolve(project, Path(model.source))
-                if local.exists() or not is_hub_id(model.source):
-                    model.source = str(local)
+            model.source = model_source_from(project, model.source)
         if self.ray.auth_token_path:
             self.ray.auth_token_path = _resolve(project, self.ray.auth_token_path)
         if self.ray.temp_dir:
@@ -530,6 +527,20 @@ def is_hub_id(source: str) -> bool:
         (True, False, False)
     """
     return HUB_ID.fullmatch(source) is not None
+
+
+def model_source_from(base: Path, source: str) -> str:
+    """``source`` as written in a file in folder ``base``: a relative path made absolute against
+    ``base``; a hub id ``org/name`` stays one unless ``base`` has a folder of that name.
+
+    Example:
+        >>> model_source_from(Path("/p"), "./models/tiny"), model_source_from(Path("/p"), "Qwen/Qwen3-0.6B")
+        ('/p/models/tiny', 'Qwen/Qwen3-0.6B')
+    """
+    if not is_model_path(source):
+        return source
+    local = _resolve(base, Path(source))
+    return str(local) if local.exists() or not is_hub_id(source) else source
 
 
 def is_model_path(source: str) -> bool:

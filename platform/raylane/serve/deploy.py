@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from raylane.cluster import applications as cluster_applications
 from raylane.cluster import connect
-from raylane.config import RaylaneConfig, describe_validation_error, is_model_path, read_yaml_mapping
+from raylane.config import RaylaneConfig, describe_validation_error, model_source_from, read_yaml_mapping
 from raylane.errors import ClusterError, ConfigError, InvalidRequestError, NotFoundError
 
 IMPORT_PATH = "raylane.serve:build_app"
@@ -31,7 +31,8 @@ SERVING_FILE_KEYS = {"models", "serve"}
 
 
 def parse_model_flag(flag: str) -> dict[str, str]:
-    """``NAME=SOURCE`` (a path, s3:// URI or registry ``name@version``) -> a ``models:`` entry."""
+    """``NAME=SOURCE`` (a path, s3:// URI, registry ``name@version`` or hub id ``org/name``) -> a
+    ``models:`` entry."""
     name, sep, source = flag.partition("=")
     if not sep or not name.strip() or not source.strip():
         raise InvalidRequestError(f"--model {flag!r}: expected NAME=SOURCE, e.g. tiny=./models/tiny")
@@ -53,8 +54,8 @@ def with_serving_file(config: RaylaneConfig, path: Path) -> RaylaneConfig:
     data = config.model_dump(mode="python")
     for model in spec.get("models") or []:
         source = model.get("source", "") if isinstance(model, dict) else ""
-        if isinstance(source, str) and is_model_path(source):
-            model["source"] = str((path.parent / Path(source).expanduser()).resolve())
+        if isinstance(source, str):
+            model["source"] = model_source_from(path.parent.resolve(), source)
     data["models"] = spec.get("models") or data["models"]
     data["serve"] = {**data["serve"], **(spec.get("serve") or {})}
     try:
