@@ -173,11 +173,7 @@ class GatewayServices:
             max_request_bytes=config.serve.max_request_bytes,
             max_n=config.serve.max_n,
             request_timeout_s=config.serve.request_timeout_s,
-            # Behind HAProxy the replica writes HTTP itself: no Ray object per chunk to save, and a
-            # test saw a batched stream arrive there in one piece (docs/benchmarks.md).
-            stream_batching_s=0
-            if config.ray.serve_ingress == "haproxy"
-            else config.serve.stream_batching_interval_ms / 1000,
+            stream_batching_s=config.serve.stream_batching_interval_ms / 1000,
         )
 
     def observe(self, **fields: Any) -> None:
