@@ -83,6 +83,8 @@ class UsageRecord(Base):
     endpoint: Mapped[str] = mapped_column(String(64))
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    # Rows a predictor model scored (the Open Inference Protocol's unit of work; tokens stay 0).
+    items: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     status_code: Mapped[int] = mapped_column(Integer)
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
@@ -109,6 +111,7 @@ class UsageRow:
     key_id: int | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    items: int = 0
     latency_ms: float = 0.0
     request_id: str | None = None
     created_at: float = field(default_factory=time.time)
@@ -341,7 +344,7 @@ class MetadataStore:
                 session.add_all(row.record() for row in rows)
 
     def usage_summary(self, *, by: str = "key", since: float | None = None) -> list[dict[str, Any]]:
-        """Requests, errors, tokens and mean latency grouped by ``key`` or ``model``.
+        """Requests, errors, tokens, items scored and mean latency grouped by ``key`` or ``model``.
 
         Example:
             >>> store = MetadataStore("sqlite://")
@@ -359,6 +362,7 @@ class MetadataStore:
             func.sum(case((UsageRecord.status_code >= 400, 1), else_=0)).label("errors"),
             func.sum(UsageRecord.prompt_tokens).label("prompt_tokens"),
             func.sum(UsageRecord.completion_tokens).label("completion_tokens"),
+            func.sum(UsageRecord.items).label("items"),
             func.avg(UsageRecord.latency_ms).label("mean_latency_ms"),
         ).group_by(column)
         if since is not None:
@@ -373,6 +377,7 @@ class MetadataStore:
                 "prompt_tokens": int(row.prompt_tokens or 0),
                 "completion_tokens": int(row.completion_tokens or 0),
                 "total_tokens": int((row.prompt_tokens or 0) + (row.completion_tokens or 0)),
+                "items": int(row.items or 0),
                 "mean_latency_ms": round(float(row.mean_latency_ms or 0), 1),
             }
             for row in rows

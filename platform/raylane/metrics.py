@@ -33,6 +33,7 @@ class GatewayMetrics:
     errors: Counter
     prompt_tokens: Counter
     completion_tokens: Counter
+    items: Counter
     time_to_first_token: Histogram
     latency: Histogram
 
@@ -46,6 +47,7 @@ class GatewayMetrics:
         completion_tokens: int,
         latency_s: float,
         ttft_s: float | None,
+        items: int = 0,
     ) -> None:
         """Record one finished request."""
         tags = {"model": model, "key": key}
@@ -56,6 +58,8 @@ class GatewayMetrics:
             self.prompt_tokens.inc(prompt_tokens, tags)
         if completion_tokens:
             self.completion_tokens.inc(completion_tokens, tags)
+        if items:
+            self.items.inc(items, tags)
         self.latency.observe(latency_s, tags)
         if ttft_s is not None:
             self.time_to_first_token.observe(ttft_s, tags)
@@ -79,6 +83,7 @@ def gateway_metrics() -> GatewayMetrics:
         errors=counter("request_errors_total", "API requests answered with a 4xx or 5xx status."),
         prompt_tokens=counter("prompt_tokens_total", "Prompt tokens processed."),
         completion_tokens=counter("completion_tokens_total", "Completion tokens generated."),
+        items=counter("items_scored_total", "Items (rows) predictor models scored."),
         time_to_first_token=histogram("time_to_first_token_seconds", "Time to the first streamed token."),
         latency=histogram("request_latency_seconds", "End-to-end request latency."),
     )
@@ -92,6 +97,19 @@ def replica_failovers() -> Counter:
     return Counter(
         "raylane_replica_failovers_total",
         description="Requests sent to another engine replica because theirs died before answering.",
+        tag_keys=("model",),
+    )
+
+
+@cache
+def predict_batch_requests() -> Histogram:
+    """Requests per model call of a predictor replica (Serve's dynamic batching), by model."""
+    from ray.util.metrics import Histogram
+
+    return Histogram(
+        "raylane_predict_batch_requests",
+        description="Requests one predictor model call served together (dynamic batching).",
+        boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256],
         tag_keys=("model",),
     )
 

@@ -8,11 +8,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from alembic import command
 from sqlalchemy import create_engine, text
 
 from raylane.db import Base, MetadataStore, UsageRow, hash_secret
 from raylane.errors import AuthenticationError, InvalidRequestError, NotFoundError
-from raylane.migrations import current_revision, head_revision
+from raylane.migrations import BASELINE, alembic_config, current_revision, head_revision
 
 
 @pytest.fixture
@@ -118,7 +119,9 @@ def test_migrations_make_exactly_the_models_schema(database_url: str):
 
 def test_a_database_made_before_migrations_is_stamped_and_kept(database_url: str):
     engine = create_engine(database_url)
-    Base.metadata.create_all(engine)  # how raylane made its schema before Alembic
+    with engine.begin() as connection:  # the first revision's schema, as `create_all` made it before Alembic
+        command.upgrade(alembic_config(connection), BASELINE)
+        connection.execute(text("DROP TABLE alembic_version"))
     with engine.begin() as connection:
         connection.execute(Base.metadata.tables["model_versions"].insert().values(
             name="old", version=1, uri="file:///m", source="/m", created_at=1.0, details={}))  # fmt: skip

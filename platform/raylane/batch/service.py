@@ -58,7 +58,7 @@ class BatchService:
         self.storage = Storage.from_config(config)
         self.records = BatchStore(MetadataStore.from_config(config))
         # Models a batch may name: those this deployment serves (their engine settings go along).
-        self.models = {m.name: m for m in config.models}
+        self.models = {m.name: m for m in config.models if not m.is_predictor}
         self._job_client: Any = None
 
     # -- files ---------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -34,7 +34,13 @@ def models_make_tiny(
 @models_app.command("register")
 def models_register(
     name: Annotated[str, typer.Argument(help="Registry name (served as NAME or NAME@VERSION).")],
-    source: Annotated[str, typer.Argument(help="Model directory: a local path or a storage URI.")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="Model directory (a local path or a storage URI): a Hugging Face model (config.json) or "
+            "a predictor model (raylane-predictor.json)."
+        ),
+    ],
     config_path: ConfigOption = None,
 ) -> None:
     """Copy a model directory into storage and register it as the next NAME@VERSION."""
@@ -49,14 +55,27 @@ def models_register(
 
 @models_app.command("list")
 def models_list(config_path: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Registered models and where their files live."""
+    """Registered models: kind, flavor, a predictor's signature, and where their files live."""
     from raylane.models.registry import list_models
 
     rows = list_models(metadata_store(config_path))
     if as_json:
         out.print_json(data=rows)
         return
-    table = Table("model", "uri", "source", "created", box=None, pad_edge=False)
+    table = Table("model", "kind", "flavor", "signature", "uri", "created", box=None, pad_edge=False)
     for row in rows:
-        table.add_row(row["model"], row["uri"], row["source"], fmt_time(row["created_at"]))
+        table.add_row(
+            row["model"], row["kind"], row["flavor"], _signature(row), row["uri"], fmt_time(row["created_at"])
+        )
     out.print(table)
+
+
+def _signature(row: dict[str, Any]) -> str:
+    """``inputs -> outputs`` of a predictor in one short line, e.g. ``pixels FP32[-1,64] -> predict``."""
+    if not row["inputs"]:
+        return ""
+
+    def tensors(specs: list[dict[str, Any]]) -> str:
+        return ", ".join(f"{t['name']} {t['datatype']}[{','.join(map(str, t['shape']))}]" for t in specs)
+
+    return f"{tensors(row['inputs'])} -> {', '.join(t['name'] for t in row['outputs'])}"

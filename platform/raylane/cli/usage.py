@@ -44,6 +44,7 @@ def usage(
             "prompt_tokens",
             "completion_tokens",
             "total_tokens",
+            "items",
             "mean_latency_ms",
         ]
     else:

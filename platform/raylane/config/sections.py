@@ -212,7 +212,12 @@ class ModelConfig(_Model):
         "`org/name` (from the hub cache, downloaded there when the hub is reachable; a project folder "
         "of that name wins)."
     )
-    task: Literal["generate", "embed"] = Field("generate", description="Text generation or embeddings.")
+    task: Literal["generate", "embed", "predict"] = Field(
+        "generate",
+        description="generate (text) or embed: a vLLM engine behind the OpenAI API. predict: a predictor "
+        "model (sklearn, xgboost, torch, python; docs/predict.md) behind the Open Inference Protocol "
+        "(/v2/models/NAME/infer).",
+    )
     accelerator: Literal["cpu", "gpu"] = Field("cpu", description="Where the engine runs.")
     num_gpus: float = Field(0, ge=0, description="GPUs per replica; fractions share a GPU.")
     num_cpus: float = Field(1, ge=0, description="Logical CPUs per replica.")
@@ -221,6 +226,17 @@ class ModelConfig(_Model):
         1.0, gt=0, description="CPU engines: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)."
     )
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig, description="Replica scaling.")
+    max_batch_size: int = Field(
+        32, ge=1, description="predict: most requests one model call takes (Serve's dynamic batching)."
+    )
+    batch_wait_timeout_ms: float = Field(
+        5, ge=0, description="predict: how long the first request of a batch waits for company."
+    )
+
+    @property
+    def is_predictor(self) -> bool:
+        """Served by the predictor lane (Open Inference Protocol), not by a vLLM engine."""
+        return self.task == "predict"
 
 
 class ServeConfig(_Model):

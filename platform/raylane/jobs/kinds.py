@@ -12,7 +12,7 @@ Example:
     >>> kind("etl").name  # the corpus job's old name, still accepted (job specs warn about it)
     'corpus'
     >>> sorted(KINDS)
-    ['batch', 'corpus', 'docs', 'smoke', 'train']
+    ['batch', 'corpus', 'docs', 'smoke', 'train', 'vision']
 """
 
 from __future__ import annotations
@@ -122,6 +122,13 @@ KINDS: dict[str, JobKind] = {
             params="raylane.train.params:TrainParams",
             run="raylane.train.run:run_training",
             summary="Ray Train TorchTrainer on a packed corpus -> exported, registered model.",
+        ),
+        JobKind(
+            "vision",
+            lane="train",
+            params="raylane.train.vision:DigitsParams",
+            run="raylane.train.vision:run_vision",
+            summary="Ray Train TorchTrainer: an image classifier (digits CNN) -> registered predictor.",
         ),
         JobKind(
             "batch",

@@ -22,9 +22,10 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from raylane.artifacts.refs import model_path, parse_ref, version_folder
-from raylane.config import is_hub_id
+from raylane.config import RaylaneConfig, is_hub_id, is_model_path
 from raylane.db import MetadataStore
 from raylane.errors import InvalidRequestError, NotFoundError
+from raylane.models.manifest import MANIFEST_FILE, check_weights, parse_manifest
 from raylane.storage import Storage, private_dir
 
 # What vLLM loads from a hub repo: safetensors weights, config, tokenizer, chat template; not the
@@ -40,8 +41,7 @@ def register(store: Storage, db: MetadataStore, name: str, source: str) -> tuple
         raise InvalidRequestError(f"bad model name {name!r}: no '@' or '/'")
     src_fs, src_path = _source_location(store, source)
     files = [i for i in src_fs.get_file_info(pafs.FileSelector(src_path, recursive=True)) if i.is_file]
-    if not any(i.base_name == "config.json" for i in files):
-        raise NotFoundError(f"{source} is not a model directory (no config.json)")
+    details = _describe(src_fs, src_path, files, source)
     version = db.next_model_version(name)
     with store.publish(model_path(name), version_folder(version)) as pub:
         pafs.copy_files(
@@ -49,8 +49,22 @@ def register(store: Storage, db: MetadataStore, name: str, source: str) -> tuple
         )
         pub.metadata.update({"source": source, "bytes": sum(i.size or 0 for i in files)})
     uri = store.read_manifest(model_path(name), version_folder(version))["data_uri"]
-    db.add_model_version(name, version, uri, source, {"files": len(files)})
+    db.add_model_version(name, version, uri, source, details)
     return version, uri
+
+
+def _describe(fs: pafs.FileSystem, path: str, files: list[pafs.FileInfo], source: str) -> dict[str, Any]:
+    """What the registry records of a model directory: a Hugging Face model (``config.json``), or a
+    predictor model with its flavor and signature (``raylane-predictor.json``, checked here)."""
+    top = {i.base_name for i in files if i.path.rstrip("/").rsplit("/", 1)[0] == path.rstrip("/")}
+    if MANIFEST_FILE in top:
+        with fs.open_input_stream(f"{path.rstrip('/')}/{MANIFEST_FILE}") as stream:
+            manifest = parse_manifest(stream.read().decode(), where=f"{source}/{MANIFEST_FILE}")
+        check_weights(manifest, top, where=source)
+        return {"files": len(files), **manifest.signature()}
+    if "config.json" in top:
+        return {"files": len(files), "kind": "llm"}
+    raise NotFoundError(f"{source} is not a model directory (no config.json, no {MANIFEST_FILE})")
 
 
 def _source_location(store: Storage, source: str) -> tuple[pafs.FileSystem, str]:
@@ -92,7 +106,7 @@ def resolve_local_path(store: Storage, db: MetadataStore | None, source: str) ->
     if isinstance(fs, pafs.LocalFileSystem):
         return Path(path)
     target = private_dir(LOCAL_CACHE) / cache_name
-    if not (target / "config.json").exists():
+    if not target.is_dir():  # renamed into place whole, so present means complete
         partial = target.with_name(target.name + f".partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)  # pyarrow creates no local destination folders itself
@@ -102,6 +116,21 @@ def resolve_local_path(store: Storage, db: MetadataStore | None, source: str) ->
         shutil.rmtree(target, ignore_errors=True)
         partial.rename(target)
     return target
+
+
+def resolve_model_source(config: RaylaneConfig, source: str) -> str:
+    """A local directory for a configured model source (on the node that calls it): the project's
+    storage and metadata DB resolve registry names; remote files land in this node's cache."""
+    return str(resolve_local_path(Storage.from_config(config), MetadataStore.from_config(config), source))
+
+
+def registry_version(config: RaylaneConfig, source: str) -> str | None:
+    """The registry version a model source resolves to (``digits`` -> the newest, e.g. ``"3"``);
+    None for a source outside the registry (a path, a URI, a hub id)."""
+    if source.startswith(("s3://", "file://")) or is_model_path(source):
+        return None
+    ref = parse_ref(source, "model")
+    return str(MetadataStore.from_config(config).get_model_version(ref.name, ref.version).version)
 
 
 def hub_snapshot(repo_id: str) -> Path:
@@ -125,13 +154,21 @@ def hub_snapshot(repo_id: str) -> Path:
 
 
 def list_models(db: MetadataStore) -> list[dict[str, Any]]:
-    """Registered versions as plain rows."""
-    return [
-        {
-            "model": f"{row.name}@{row.version}",
-            "uri": row.uri,
-            "source": row.source,
-            "created_at": row.created_at,
-        }
-        for row in db.list_model_versions()
-    ]
+    """Registered versions as plain rows: kind (``llm`` or ``predictor``), flavor and signature."""
+    rows = []
+    for row in db.list_model_versions():
+        details = row.details or {}
+        kind = details.get("kind", "llm")  # versions registered before predictors existed are LLMs
+        rows.append(
+            {
+                "model": f"{row.name}@{row.version}",
+                "kind": kind,
+                "flavor": details.get("flavor", "transformers" if kind == "llm" else ""),
+                "inputs": details.get("inputs", []),
+                "outputs": details.get("outputs", []),
+                "uri": row.uri,
+                "source": row.source,
+                "created_at": row.created_at,
+            }
+        )
+    return rows

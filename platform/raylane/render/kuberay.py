@@ -40,6 +40,7 @@ from raylane.render.common import (
     ray_version,
     to_yaml,
 )
+from raylane.serve.deploy import applications
 
 API_VERSION = "ray.io/v1"
 # Jobs KubeRay submits, and the lane each runs in (their configs are jobs/<name>.yaml in the image).
@@ -215,19 +216,12 @@ def _pod(config: RaylaneConfig, group: NodeGroupConfig, *, head: bool) -> dict[s
 
 
 def serve_config(config: RaylaneConfig) -> dict[str, Any]:
-    """Serve's config file (``serveConfigV2``): raylane's app with the config's models."""
+    """Serve's config file (``serveConfigV2``): raylane's applications with the config's models."""
     models = [model.model_dump(mode="json", exclude_defaults=True) for model in config.models]
     return {
         "proxy_location": config.serve.proxy_location,
         "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
-        "applications": [
-            {
-                "name": config.serve.app_name,
-                "route_prefix": config.serve.route_prefix,
-                "import_path": "raylane.serve:build_app",
-                "args": {"models": models},
-            }
-        ],
+        "applications": applications(config, {"models": models}),
     }
 
 

@@ -29,7 +29,8 @@ from ray.serve.llm import build_llm_deployment
 from raylane.config import ModelConfig, RaylaneConfig, load_serving_config
 from raylane.engine.options import DEPLOYMENT_PREFIX
 from raylane.errors import ConfigError
-from raylane.serve.engines import ModelServer, llm_config_for, resolve_model_source
+from raylane.models.registry import resolve_model_source
+from raylane.serve.engines import ModelServer, llm_config_for
 from raylane.serve.failover import needs_router
 from raylane.serve.gateway import Gateway
 
@@ -42,11 +43,13 @@ def build_app(args: RaylaneConfig | dict[str, Any] | None = None) -> Any:
         >>> serve.run(build_app({"config_path": "raylane.yaml"}))           # doctest: +SKIP
     """
     config = load_serving_config(args)
-    if not config.models:
-        raise ConfigError("no models to serve: add `models:` to raylane.yaml or pass --model NAME=SOURCE")
     names = [m.name for m in config.models]
     if len(set(names)) != len(names):
         raise ConfigError(f"models: duplicate model names in {names}")
+    # Predictor models are the Open Inference Protocol application's (raylane.predict.app).
+    config = config.model_copy(update={"models": [m for m in config.models if not m.is_predictor]})
+    if not config.models:
+        raise ConfigError("no models to serve: add `models:` to raylane.yaml or pass --model NAME=SOURCE")
     shared = config.job_dict()
     if not needs_router(config):
         return _model_deployment(config, config.models[0], shared, ingress=True)[0]

@@ -25,6 +25,7 @@ from raylane.config import RaylaneConfig, describe_validation_error, model_sourc
 from raylane.errors import ClusterError, ConfigError, InvalidRequestError, NotFoundError
 
 IMPORT_PATH = "raylane.serve:build_app"
+PREDICT_IMPORT_PATH = "raylane.predict.app:build_predict_app"
 FAILED = {"DEPLOY_FAILED", "UNHEALTHY"}
 POLL_S = 0.5  # one small REST call to the dashboard each; a longer poll only delays the first token
 SERVING_FILE_KEYS = {"models", "serve"}
@@ -86,6 +87,52 @@ def base_url(config: RaylaneConfig) -> str:
     return f"{root}/v1"
 
 
+def v2_url(config: RaylaneConfig) -> str:
+    """The Open Inference Protocol's base URL (predictor models): the OpenAI one's root plus ``/v2``.
+
+    Example:
+        >>> v2_url(RaylaneConfig())
+        'http://127.0.0.1:8000/v2'
+    """
+    return base_url(config).removesuffix("/v1") + "/v2"
+
+
+def app_names(config: RaylaneConfig) -> tuple[str, str]:
+    """The Serve applications raylane deploys: the OpenAI one and the predictors' (``<name>-v2``)."""
+    return config.serve.app_name, f"{config.serve.app_name}-v2"
+
+
+def applications(config: RaylaneConfig, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Serve application configs ``config``'s models need, each built from ``args`` on the
+    cluster: the OpenAI application for vLLM models, the Open Inference Protocol one (at
+    ``<route_prefix>v2``, same port) for predictor models. Two applications, so that deploying or
+    updating one kind never restarts the other's replicas.
+
+    Example:
+        >>> config = RaylaneConfig.model_validate({"models": [{"name": "digits", "source": "digits@1",
+        ...                                                    "task": "predict"}]})
+        >>> [(app["name"], app["route_prefix"]) for app in applications(config, {})]
+        [('raylane-v2', '/v2')]
+    """
+    openai_name, v2_name = app_names(config)
+    apps = []
+    if any(not m.is_predictor for m in config.models):
+        apps.append(
+            {
+                "name": openai_name,
+                "route_prefix": config.serve.route_prefix,
+                "import_path": IMPORT_PATH,
+                "args": args,
+            }
+        )
+    if any(m.is_predictor for m in config.models):
+        prefix = config.serve.route_prefix.rstrip("/") + "/v2"
+        apps.append(
+            {"name": v2_name, "route_prefix": prefix, "import_path": PREDICT_IMPORT_PATH, "args": args}
+        )
+    return apps
+
+
 def _client(config: RaylaneConfig) -> Any:
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
@@ -120,11 +167,11 @@ def _submit(
     cluster_applications.remember(config, applications)  # a restarted local head deploys them again
 
 
-def _other_apps(details: dict[str, Any], name: str) -> list[dict[str, Any]]:
+def _other_apps(details: dict[str, Any], names: tuple[str, ...]) -> list[dict[str, Any]]:
     return [
         app["deployed_app_config"]
         for app_name, app in (details.get("applications") or {}).items()
-        if app_name != name and app.get("deployed_app_config")
+        if app_name not in names and app.get("deployed_app_config")
     ]
 
 
@@ -136,35 +183,34 @@ def deploy(
         raise ConfigError("no models to serve: add `models:` to raylane.yaml or pass --model NAME=SOURCE")
     client = _client(config)
     details = _details(client)
-    ours = {
-        "name": config.serve.app_name,
-        "route_prefix": config.serve.route_prefix,
-        "import_path": IMPORT_PATH,
-        "args": config.job_dict(),
-    }
-    _submit(client, details, [*_other_apps(details, config.serve.app_name), ours], config)
+    ours = applications(config, config.job_dict())
+    # The other kind's application goes when its last model leaves the config.
+    _submit(client, details, [*_other_apps(details, app_names(config)), *ours], config)
     if not wait:
         return app_status(config)
-    return _wait_running(config, client, on_status)
+    return _wait_running(config, client, [app["name"] for app in ours], on_status)
 
 
 def _wait_running(
-    config: RaylaneConfig, client: Any, on_status: Callable[[str], None] | None
+    config: RaylaneConfig, client: Any, names: list[str], on_status: Callable[[str], None] | None
 ) -> dict[str, Any]:
     deadline = time.monotonic() + config.serve.deploy_timeout_s
     last = ""
     # The controller may still report the previous version for a moment after the PUT.
     time.sleep(1.0)
     while True:
-        app = (_details(client).get("applications") or {}).get(config.serve.app_name)
-        status = app["status"] if app else "NOT_STARTED"
+        found = _details(client).get("applications") or {}
+        apps = {name: found.get(name) for name in names}
+        statuses = {name: app["status"] if app else "NOT_STARTED" for name, app in apps.items()}
+        status = next((s for s in statuses.values() if s != "RUNNING"), "RUNNING")
         if status != last and on_status:
             on_status(status)
         last = status
-        if status == "RUNNING" and app:
-            return summarize(config, app)
+        if status == "RUNNING":
+            return summarize(config, {name: app for name, app in apps.items() if app})
         if status in FAILED:
-            message = (app or {}).get("message") or _deployment_messages(app)
+            failed = next(app for app in apps.values() if app and app["status"] in FAILED)
+            message = failed.get("message") or _deployment_messages(failed)
             raise ClusterError(f"serving application {status}: {_last_line(message)}")
         if time.monotonic() > deadline:
             raise ClusterError(
@@ -176,17 +222,39 @@ def _wait_running(
 
 
 def app_status(config: RaylaneConfig) -> dict[str, Any]:
-    """The serving application's status, deployments and replica counts."""
-    app = (_details(_client(config)).get("applications") or {}).get(config.serve.app_name)
-    if app is None:
+    """The serving applications' status, deployments and replica counts."""
+    found = _details(_client(config)).get("applications") or {}
+    apps = {name: found[name] for name in app_names(config) if name in found}
+    if not apps:
         raise NotFoundError(
             f"no serving application '{config.serve.app_name}': deploy one with `raylane serve deploy`"
         )
-    return summarize(config, app)
+    return summarize(config, apps)
 
 
-def summarize(config: RaylaneConfig, app: dict[str, Any]) -> dict[str, Any]:
-    """The parts of Serve's application details a person wants to read."""
+def summarize(config: RaylaneConfig, apps: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The parts of Serve's application details a person wants to read, for raylane's
+    applications (by name) together."""
+    statuses = [app.get("status") for app in apps.values()]
+    models: list[str] = []
+    for app in apps.values():
+        args = (app.get("deployed_app_config") or {}).get("args") or {}
+        v2 = (app.get("deployed_app_config") or {}).get("import_path") == PREDICT_IMPORT_PATH
+        models += [m.get("name") for m in args.get("models", []) if (m.get("task") == "predict") == v2]
+    summary: dict[str, Any] = {
+        "app": ", ".join(apps),
+        "status": next((s for s in statuses if s != "RUNNING"), "RUNNING"),
+        "message": "; ".join(app["message"] for app in apps.values() if app.get("message")),
+        "base_url": base_url(config),
+        "models": models,
+        "deployments": [d for app in apps.values() for d in _deployments(app)],
+    }
+    if app_names(config)[1] in apps:
+        summary["v2_url"] = v2_url(config)
+    return summary
+
+
+def _deployments(app: dict[str, Any]) -> list[dict[str, Any]]:
     deployments = []
     for name, dep in (app.get("deployments") or {}).items():
         replicas = dep.get("replicas") or []
@@ -199,24 +267,17 @@ def summarize(config: RaylaneConfig, app: dict[str, Any]) -> dict[str, Any]:
                 "message": dep.get("message") or "",
             }
         )
-    args = (app.get("deployed_app_config") or {}).get("args") or {}
-    return {
-        "app": config.serve.app_name,
-        "status": app.get("status"),
-        "message": app.get("message") or "",
-        "base_url": base_url(config),
-        "models": [m.get("name") for m in args.get("models", [])],
-        "deployments": deployments,
-    }
+    return deployments
 
 
 def delete(config: RaylaneConfig) -> bool:
-    """Remove the serving application (other Serve applications stay). False if there was none."""
+    """Remove raylane's serving applications (other Serve applications stay). False if none ran."""
     client = _client(config)
     details = _details(client)
-    if config.serve.app_name not in (details.get("applications") or {}):
+    names = app_names(config)
+    if not set(names) & set(details.get("applications") or {}):
         return False
-    _submit(client, details, _other_apps(details, config.serve.app_name), config)
+    _submit(client, details, _other_apps(details, names), config)
     return True
 
 

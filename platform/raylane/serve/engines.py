@@ -36,6 +36,7 @@ from raylane.engine.routing import router_config
 from raylane.engine.startup import callback_config
 from raylane.engine.streaming import first_then_batched
 from raylane.lanes import metrics as lane_metrics
+from raylane.models.registry import resolve_model_source
 from raylane.serve.gateway import Gateway
 from raylane.serve.hardening import bind_replica_grpc_to_node_ip
 
@@ -71,15 +72,6 @@ def haproxy_ingress() -> bool:
     from ray.serve._private import constants
 
     return constants.RAY_SERVE_ENABLE_HA_PROXY
-
-
-def resolve_model_source(config: RaylaneConfig, source: str) -> str:
-    """A local directory for a model source, downloaded into this node's cache when remote."""
-    from raylane.db import MetadataStore
-    from raylane.models.registry import resolve_local_path
-    from raylane.storage import Storage
-
-    return str(resolve_local_path(Storage.from_config(config), MetadataStore.from_config(config), source))
 
 
 class ModelServer(LLMServer):

@@ -22,6 +22,13 @@ it knows how to check. For every request it:
    process's online load (:mod:`raylane.engine.load`).
 
 Errors it raises itself use the OpenAI envelope; errors from the app pass through untouched.
+
+With ``api="v2"`` it guards the Open Inference Protocol application (:mod:`raylane.predict.app`)
+the same way: the health routes are public; a model route needs a key, and a model off the key's
+list is a 404; an ``infer`` body must be declared and parse as JSON (the model replica checks its
+tensors); limits, ledger and metrics apply, counting the items scored (rows of the first output)
+instead of tokens; its own errors use the protocol's envelope, ``{"error": "..."}``, which KServe's
+and Triton's clients read.
 """
 
 from __future__ import annotations
@@ -30,11 +37,12 @@ import asyncio
 import json
 import logging
 import random
+import re
 import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from raylane import batch
 from raylane.config import RaylaneConfig, load_serving_config
@@ -69,6 +77,10 @@ MODELS_PATH = "/v1/models"
 UNKNOWN_MODEL = "unknown"  # the ledger's and the metrics' label for a model this deployment lacks
 NEGATIVE_CACHE_LIMIT = 10_000
 JSON_TYPES = (b"application/json",)
+Api = Literal["openai", "v2"]
+# The Open Inference Protocol's routes, below its application's /v2 prefix.
+V2_PUBLIC_PATHS = frozenset({"/", "/health/live", "/health/ready"})
+V2_MODEL_ROUTE = re.compile(r"/models/(?P<name>[^/]+)(?:/versions/[^/]+)?(?P<action>/ready|/infer)?")
 
 
 class KeyCache:
@@ -199,6 +211,8 @@ class _Exchange:
     first_byte_at: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    items: int = 0  # rows a predictor scored (Open Inference Protocol)
+    endpoint: str = ""  # how the ledger names the route
     reserved: int = 0  # tokens held in the key's window while the request runs
     ticket: int | None = None  # the tokens-per-minute reservation to settle
     request_id: str = ""
@@ -219,11 +233,15 @@ class Gateway:
         True
     """
 
-    def __init__(self, app: Any, *, config: dict[str, Any]) -> None:
+    def __init__(self, app: Any, *, config: dict[str, Any], api: Api = "openai") -> None:
         self.app = app
         self._config = config
+        self._api = api
         # Unknown models are answered here, in the same envelope on every shape, without a hop.
-        self._served = frozenset(m["name"] for m in config.get("models") or [])
+        self._served = frozenset(
+            m["name"] for m in config.get("models") or [] if (m.get("task") == "predict") == (api == "v2")
+        )
+        self._public_paths = PUBLIC_PATHS | V2_PUBLIC_PATHS if api == "v2" else PUBLIC_PATHS
         self.services: GatewayServices | None = None
         self._batch_api: Any = None
         self._batch_service: Any = None
@@ -259,7 +277,7 @@ class Gateway:
 
         async def lifespan_message() -> Message:
             message: Message = await receive()
-            if message["type"] == "lifespan.startup" and self._reconciler is None:
+            if message["type"] == "lifespan.startup" and self._reconciler is None and self._api == "openai":
                 self._reconciler = asyncio.get_running_loop().create_task(self._reconcile_batches())
             if message["type"] == "lifespan.shutdown":
                 if self._reconciler is not None:
@@ -294,16 +312,25 @@ class Gateway:
         if scope["type"] != "http":
             return await _refuse_non_http(scope, receive, send)
         path = _route_path(scope)
-        if path in PUBLIC_PATHS:
+        v2 = self._api == "v2"
+        if path in self._public_paths:
             if scope["method"] in PUBLIC_METHODS.get(path, ("GET", "HEAD")):
                 return await self.app(scope, receive, send)
-            return await _send_error(send, MethodNotAllowedError(f"{scope['method']} is not allowed here."))
+            error = MethodNotAllowedError(f"{scope['method']} is not allowed here.")
+            return await _send_error(send, error, v2=v2)
         services = self._services()
-        exchange = _Exchange(started=time.perf_counter(), path=path, request_id=f"raylane-{uuid.uuid4().hex}")
+        exchange = _Exchange(
+            started=time.perf_counter(),
+            path=path,
+            request_id=f"raylane-{uuid.uuid4().hex}",
+            endpoint=path.removeprefix("/v1/"),
+        )
         app = self.app
         try:
             exchange.key = await services.keys.authenticate(_bearer(scope))
-            if path.startswith(batch.API_PATHS):
+            if v2:
+                scope, receive = await self._admit_v2(scope, receive, exchange, services)
+            elif path.startswith(batch.API_PATHS):
                 app = self._batch_app()
                 scope = {**scope, batch.KEY_SCOPE: exchange.key}
             elif path in ROUTES:
@@ -321,7 +348,7 @@ class Gateway:
             await self._check_limits(exchange, services)
         except RaylaneError as exc:
             exchange.status = exc.http_status
-            await _send_error(send, exc)
+            await _send_error(send, exc, v2=v2)
             self._finish(exchange, services)
             return
         online = ONLINE.started() if path in ROUTES else None
@@ -335,7 +362,7 @@ class Gateway:
             async with asyncio.timeout(services.request_timeout_s):
                 await app(scope, receive, self._responder(sent, exchange))
         except TimeoutError:
-            await _time_out(sent, exchange, services.request_timeout_s)
+            await _time_out(sent, exchange, services.request_timeout_s, v2=v2)
         except Exception:
             exchange.status = exchange.status or 500  # Starlette answers 500 further out
             raise
@@ -346,21 +373,33 @@ class Gateway:
                 ONLINE.finished(online, exchange.first_byte_at)
             self._finish(exchange, services)
 
+    async def _admit_v2(
+        self, scope: Scope, receive: Any, exchange: _Exchange, services: GatewayServices
+    ) -> tuple[Scope, Any]:
+        """An Open Inference Protocol model route: the key may see the model; ``infer`` has a JSON
+        body (its tensors are the model replica's to check, against the model's signature)."""
+        route = V2_MODEL_ROUTE.fullmatch(exchange.path)
+        if route is None:
+            raise NotFoundError(f"Unknown route: {scope['method']} {exchange.path}.", code="unknown_route")
+        name, action = route["name"], route["action"]
+        exchange.model = self._label(name)
+        exchange.endpoint = f"v2/{(action or '/metadata').lstrip('/')}"
+        assert exchange.key is not None
+        if not self._visible(exchange.key, name):
+            raise _model_not_found(name)
+        if action != "/infer":
+            _require_method(scope, "GET")
+            return scope, receive
+        _require_method(scope, "POST")
+        raw, _ = await _read_json(scope, receive, services.max_request_bytes)
+        exchange.reads_usage = True  # the answer says how many items were scored
+        return scope, _replay(raw, receive)
+
     async def _admit_body(
         self, scope: Scope, receive: Any, exchange: _Exchange, services: GatewayServices
     ) -> tuple[Scope, Any]:
         headers = scope["headers"]
-        content_types = [value for name, value in headers if name == b"content-type"]
-        media = content_types[0].split(b";")[0].strip().lower() if len(content_types) == 1 else b""
-        if media not in JSON_TYPES:
-            raise UnsupportedMediaTypeError(
-                "This route takes a JSON body: send one 'Content-Type: application/json' header."
-            )
-        raw = await _read_body(receive, services.max_request_bytes)
-        try:
-            parsed = json.loads(raw)
-        except ValueError as exc:
-            raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from None
+        _, parsed = await _read_json(scope, receive, services.max_request_bytes)
         key = exchange.key
         assert key is not None
         exchange.model = self._label(parsed.get("model") if isinstance(parsed, dict) else None)
@@ -462,6 +501,7 @@ class Gateway:
         if isinstance(usage, dict):
             exchange.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             exchange.completion_tokens = int(usage.get("completion_tokens") or 0)
+        exchange.items = _items_scored(data)
         key = exchange.key
         if exchange.path == MODELS_PATH and key is not None and isinstance(data.get("data"), list):
             data["data"] = [m for m in data["data"] if isinstance(m, dict) and key.allows(str(m.get("id")))]
@@ -483,6 +523,7 @@ class Gateway:
                 status=status,
                 prompt_tokens=exchange.prompt_tokens,
                 completion_tokens=exchange.completion_tokens,
+                items=exchange.items,
                 latency_s=now - exchange.started,
                 ttft_s=(exchange.first_byte_at - exchange.started)
                 if exchange.stream and exchange.first_byte_at
@@ -497,9 +538,10 @@ class Gateway:
                 key_id=exchange.key.id,
                 key_name=key_name,
                 model=exchange.model,
-                endpoint=exchange.path.removeprefix("/v1/"),
+                endpoint=exchange.endpoint,
                 prompt_tokens=exchange.prompt_tokens,
                 completion_tokens=exchange.completion_tokens,
+                items=exchange.items,
                 latency_ms=(now - exchange.started) * 1000,
                 status_code=status,
                 request_id=exchange.request_id,
@@ -545,11 +587,11 @@ def _tracking(send: Any, exchange: _Exchange) -> Any:
     return tracked
 
 
-async def _time_out(send: Any, exchange: _Exchange, deadline_s: float) -> None:
+async def _time_out(send: Any, exchange: _Exchange, deadline_s: float, *, v2: bool = False) -> None:
     """End a request that ran past its deadline (the app's task was cancelled: the engine aborts it)."""
     error = GatewayTimeoutError(f"The request ran past its {deadline_s:g}s deadline.", code="request_timeout")
     if not exchange.response_started:
-        await _send_error(send, error)
+        await _send_error(send, error, v2=v2)
     elif not exchange.response_ended:
         tail = error_event(error).encode() if exchange.stream else b""
         await send({"type": "http.response.body", "body": tail, "more_body": False})
@@ -570,6 +612,37 @@ async def _refuse_non_http(scope: Scope, receive: Any, send: Any) -> None:
 
 def _model_not_found(model: str) -> NotFoundError:
     return NotFoundError(f"The model `{model}` does not exist.", param="model", code="model_not_found")
+
+
+async def _read_json(scope: Scope, receive: Any, limit: int) -> tuple[bytes, Any]:
+    """A request's JSON body, raw and parsed: 415 unless declared JSON, 413 past ``limit``, 400
+    unless it parses."""
+    content_types = [value for name, value in scope["headers"] if name == b"content-type"]
+    media = content_types[0].split(b";")[0].strip().lower() if len(content_types) == 1 else b""
+    if media not in JSON_TYPES:
+        raise UnsupportedMediaTypeError(
+            "This route takes a JSON body: send one 'Content-Type: application/json' header."
+        )
+    raw = await _read_body(receive, limit)
+    try:
+        return raw, json.loads(raw)
+    except ValueError as exc:
+        raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from None
+
+
+def _items_scored(answer: dict[str, Any]) -> int:
+    """Rows an Open Inference Protocol answer holds: its first output's batch dimension (0 for any
+    other answer).
+
+    Example:
+        >>> _items_scored({"outputs": [{"name": "predict", "shape": [3], "data": [1, 0, 1]}]})
+        3
+    """
+    outputs = answer.get("outputs")
+    if not isinstance(outputs, list) or not outputs or not isinstance(outputs[0], dict):
+        return 0
+    shape = outputs[0].get("shape")
+    return shape[0] if isinstance(shape, list) and shape and isinstance(shape[0], int) else 0
 
 
 async def _read_body(receive: Any, limit: int) -> bytes:
@@ -608,8 +681,9 @@ def _with_content_length(headers: list[tuple[bytes, bytes]], length: int) -> lis
     return [*kept, (b"content-length", str(length).encode())]
 
 
-async def _send_error(send: Any, error: RaylaneError) -> None:
-    body = json.dumps(error.to_openai()).encode()
+async def _send_error(send: Any, error: RaylaneError, *, v2: bool = False) -> None:
+    """``error`` as the response: the OpenAI envelope, or with ``v2`` the Open Inference Protocol's."""
+    body = json.dumps({"error": error.message} if v2 else error.to_openai()).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if isinstance(error, RateLimitError | ServiceUnavailableError):
         headers.append((b"retry-after", str(max(1, round(error.retry_after + 0.5))).encode()))

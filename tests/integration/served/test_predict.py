@@ -1,0 +1,159 @@
+"""Predictor models end to end: the digits classifier the vision job trained (torch) and a
+scikit-learn model, served over the Open Inference Protocol on the same base URL and behind the
+same Gateway as the package's LLMs (served/conftest.py), asked with plain HTTP the way KServe's
+and Triton's clients ask."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer, load_digits
+
+from tests.harness import Deployment
+
+
+@dataclass
+class V2:
+    deployment: Deployment
+    root: str  # http://host:port/v2
+    keys: dict[str, str]
+
+    def headers(self, key: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[key]}"} if key else {}
+
+    def get(self, path: str, key: str | None = "main") -> httpx.Response:
+        return httpx.get(self.root + path, headers=self.headers(key), timeout=30)
+
+    def infer(self, model: str, body: Any, key: str | None = "main") -> httpx.Response:
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = {"content-type": "application/json", **self.headers(key)}
+        return httpx.post(f"{self.root}/models/{model}/infer", content=content, headers=headers, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def v2(deployment: Deployment) -> Iterator[V2]:
+    keys = {
+        "main": deployment.key("v2-main"),
+        "cancer-only": deployment.key("v2-cancer", "--models", "cancer"),
+    }
+    yield V2(deployment, deployment.base_url.removesuffix("/v1") + "/v2", keys)
+
+
+def pixels(images: np.ndarray) -> dict[str, Any]:
+    return {"name": "pixels", "datatype": "FP32", "shape": [len(images), 64], "data": images.ravel().tolist()}
+
+
+def test_serve_status_lists_both_applications_and_the_v2_url(v2: V2):
+    status = json.loads(v2.deployment.project.cli("serve", "status", "--json").stdout)
+    assert status["status"] == "RUNNING" and status["v2_url"] == v2.root
+    assert status["models"] == ["tiny", "minilm", "digits", "cancer"]
+    assert {"raylane:v2", "raylane:predict:digits", "raylane:predict:cancer"} <= {
+        d["name"] for d in status["deployments"]
+    }
+
+
+def test_health_is_public_and_metadata_carries_the_signature(v2: V2):
+    assert v2.get("/health/live", key=None).json() == {"live": True}
+    assert v2.get("/health/ready", key=None).json() == {"ready": True}
+    metadata = v2.get("/models/digits").json()
+    assert metadata["versions"] == ["1"] and metadata["platform"] == "raylane-torch"
+    assert metadata["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}]
+    assert [o["name"] for o in metadata["outputs"]] == ["label", "probabilities"]
+    assert v2.get("/models/digits/versions/1/ready").json() == {"name": "digits", "ready": True}
+    assert v2.get("/models/digits/versions/7").status_code == 404
+
+
+def test_the_trained_classifier_reads_real_digits_and_the_ledger_counts_them(v2: V2):
+    digits = load_digits()
+    images, labels = digits.data[-100:].astype(np.float32), digits.target[-100:]
+    answer = v2.infer("digits", {"id": "batch-1", "inputs": [pixels(images)], "outputs": [{"name": "label"}]})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["model_name"], body["model_version"], body["id"]) == ("digits", "1", "batch-1")
+    (label,) = body["outputs"]
+    assert label["name"] == "label" and label["shape"] == [100]
+    assert (np.array(label["data"]) == labels).mean() > 0.8  # a real classifier, trained by the job
+
+    cases, diagnoses = load_breast_cancer(return_X_y=True)
+    features = {"name": "features", "datatype": "FP64", "shape": [20, 30], "data": cases[:20].tolist()}
+    scored = v2.infer("cancer", {"inputs": [features]}).json()
+    predict, proba = scored["outputs"]
+    assert (np.array(predict["data"]) == diagnoses[:20]).mean() > 0.9 and proba["shape"] == [20, 2]
+
+    deadline = time.monotonic() + 30  # the ledger is written in batches
+    while True:
+        usage = json.loads(v2.deployment.project.cli("usage", "--by", "key", "--json").stdout)
+        mine = next((row for row in usage if row["key"] == "v2-main"), {})
+        if mine.get("items", 0) >= 120 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert mine["items"] == 120 and mine["total_tokens"] == 0
+
+
+ONE_IMAGE = pixels(np.zeros((1, 64)))
+
+
+@pytest.mark.parametrize(
+    ("body", "complaint"),
+    [
+        ({"inputs": [{**ONE_IMAGE, "shape": [1, 32]}]}, "shape [1, 32] does not match [-1, 64]"),
+        ({"inputs": [{**ONE_IMAGE, "datatype": "INT64"}]}, "input 'pixels': datatype 'INT64', expected FP32"),
+        ({"inputs": [{**ONE_IMAGE, "name": "image"}]}, "input 'image' is not one this model takes"),
+        ({"inputs": []}, "`inputs` must be a non-empty list"),
+        (b'{"inputs": [{"name": "pixels"', "The request body is not valid JSON"),
+    ],
+)  # fmt: skip
+def test_a_bad_request_is_a_400_naming_the_input(v2: V2, body: Any, complaint: str):
+    answer = v2.infer("digits", body)
+    assert answer.status_code == 400 and complaint in answer.json()["error"]
+
+
+def test_keys_guard_predictors_like_llms(v2: V2):
+    missing = v2.infer("digits", {"inputs": [pixels(np.zeros((1, 64)))]}, key=None)
+    assert missing.status_code == 401 and "Missing API key" in missing.json()["error"]
+    hidden = v2.get("/models/digits", key="cancer-only")
+    assert hidden.status_code == 404 and hidden.json() == {"error": "The model `digits` does not exist."}
+    assert v2.infer("tiny", {"inputs": []}).status_code == 404  # an LLM is not a predictor
+
+
+def test_concurrent_requests_are_batched_on_the_replica(v2: V2):
+    images = load_digits().data[:64].astype(np.float32)
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(headers=v2.headers("main"), timeout=60) as client:
+            calls = [
+                client.post(f"{v2.root}/models/digits/infer", json={"inputs": [pixels(images[i : i + 1])]})
+                for i in range(64)
+            ]
+            return [r.status_code for r in await asyncio.gather(*calls)]
+
+    assert asyncio.run(burst()) == [200] * 64
+    port = v2.deployment.project.config["ray"]["ports"]["metrics_export"]
+
+    def batches(text: str) -> tuple[float, float]:
+        """(model calls, model calls that held one request) of the digits replica."""
+        count = ones = 0.0
+        for line in text.splitlines():
+            if 'model="digits"' not in line:
+                continue
+            if line.startswith("ray_raylane_predict_batch_requests_count"):
+                count += float(line.rsplit(" ", 1)[1])
+            if line.startswith("ray_raylane_predict_batch_requests_bucket") and 'le="1.0"' in line:
+                ones += float(line.rsplit(" ", 1)[1])
+        return count, ones
+
+    deadline = time.monotonic() + 90  # metrics reach the export port with a lag
+    while True:
+        count, ones = batches(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+        if count and count > ones or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert count > ones, f"{count} model calls, {ones} of them with one request: no batching"
