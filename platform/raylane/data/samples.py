@@ -192,3 +192,23 @@ def write_jsonl_shards(store: Storage, folder: str, texts: list[str], *, per_sha
         store.write_bytes(path, body.encode())
         paths.append(path)
     return paths
+
+
+def write_sample_digits(store: Storage, folder: str) -> str:
+    """scikit-learn's bundled handwritten digits (1,797 real 8x8 images) as ``digits.csv`` under
+    ``folder``: columns ``id``, ``label`` and ``pixel_0`` ... ``pixel_63`` (grey levels 0-16).
+    Returns the file's root-relative path."""
+    import io
+
+    import pandas as pd
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    frame = pd.DataFrame(digits.data.astype(int), columns=[f"pixel_{i}" for i in range(64)])
+    frame.insert(0, "label", digits.target)
+    frame.insert(0, "id", range(len(frame)))
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False)
+    path = f"{folder.rstrip('/')}/digits.csv"
+    store.write_bytes(path, buffer.getvalue().encode())
+    return path

@@ -12,7 +12,7 @@ Example:
     >>> kind("etl").name  # the corpus job's old name, still accepted (job specs warn about it)
     'corpus'
     >>> sorted(KINDS)
-    ['batch', 'corpus', 'docs', 'smoke', 'train', 'vision']
+    ['batch', 'corpus', 'docs', 'score', 'smoke', 'train', 'vision']
 """
 
 from __future__ import annotations
@@ -129,6 +129,13 @@ KINDS: dict[str, JobKind] = {
             params="raylane.train.vision:DigitsParams",
             run="raylane.train.vision:run_vision",
             summary="Ray Train TorchTrainer: an image classifier (digits CNN) -> registered predictor.",
+        ),
+        JobKind(
+            "score",
+            lane="batch",
+            params="raylane.predict.score:ScoreParams",
+            run="raylane.predict.score:run_score",
+            summary="A predictor model over parquet/CSV rows in a Ray Data actor pool -> a scores dataset.",
         ),
         JobKind(
             "batch",

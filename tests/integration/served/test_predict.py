@@ -157,3 +157,62 @@ def test_concurrent_requests_are_batched_on_the_replica(v2: V2):
             break
         time.sleep(3)
     assert count > ones, f"{count} model calls, {ones} of them with one request: no batching"
+
+
+def test_models_list_shows_kind_flavor_and_signature(v2: V2):
+    listed = json.loads(v2.deployment.project.cli("models", "list", "--json").stdout)
+    digits = next(row for row in listed if row["model"] == "digits@1")
+    assert (digits["kind"], digits["flavor"]) == ("predictor", "torch")
+    assert digits["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}]
+    assert next(row for row in listed if row["model"] == "tiny-reg@1")["kind"] == "llm"
+
+
+def test_batch_scoring_publishes_scores_and_sets_corrupt_rows_aside(v2: V2):
+    import pyarrow.parquet as pq
+    import yaml
+
+    from raylane.data.samples import write_sample_digits
+    from raylane.jobs.run import parse_result
+    from raylane.storage import Storage
+
+    project = v2.deployment.project
+    store = Storage.from_uri((project.path / ".raylane").as_uri())
+    csv = write_sample_digits(store, "score-it")
+    lines = store.read_bytes(csv).decode().splitlines()
+    cells = lines[6].split(",")  # row 5 (after the header): a pixel that is not a number
+    lines[6] = ",".join([*cells[:10], "smudge", *cells[11:]])
+    lines[8] = ",".join(lines[8].split(",")[:-1] + [""])  # row 7: its last pixel missing
+    store.write_bytes(csv, ("\n".join(lines) + "\n").encode())
+    params = {"model": "digits@1", "input": "score-it", "inputs": {"pixels": "pixel_*"},
+              "keep": ["id", "label"], "output_prefix": "predicted_", "output": "digit-scores-it",
+              "cpus_per_actor": 0.5}  # fmt: skip
+    job = project.path / "score.yaml"
+    job.write_text(yaml.safe_dump({"job": "score", "params": params}))
+    result = project.cli("submit", str(job), "--wait", timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    outcome = parse_result(result.stdout)
+    assert (outcome["rows"], outcome["scored"], outcome["failed_rows"]) == (1797, 1795, 2)
+
+    manifest = store.read_manifest("datasets/digit-scores-it", "latest")
+    assert manifest["kind"] == "scores" and manifest["model"] == "digits@1"
+    files = store.published_files("datasets/digit-scores-it", manifest["version"])
+    scores = (
+        pq.ParquetDataset([store.fs_path(f) for f in files if "/scores/" in f], filesystem=store.fs)
+        .read()
+        .to_pandas()
+    )
+    assert list(scores.columns) == ["id", "label", "predicted_label", "predicted_probabilities"]
+    assert (
+        len(scores) == 1795
+        and 5 not in set(scores["id"])
+        and (scores["label"] == scores["predicted_label"]).mean() > 0.8
+    )
+    errors = pq.read_table(
+        store.fs_path(next(f for f in files if f.endswith("errors.parquet"))), filesystem=store.fs
+    )
+    rows = sorted(zip(errors.column("part").to_pylist(), errors.column("reason").to_pylist(), strict=True))
+    assert rows == [
+        (5, "column 'pixel_8': 'smudge' is not a number"),
+        (7, "column 'pixel_63': missing value"),
+    ]
+    assert errors.column("path").to_pylist()[0].endswith("score-it/digits.csv")
