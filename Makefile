@@ -47,10 +47,13 @@ demo: $(BIN)/raylane
 	$(BIN)/raylane submit jobs/docs.yaml --wait
 	$(BIN)/raylane docs search "How do I read rows from a CSV file?" --dataset docs -k 3
 	$(BIN)/raylane submit jobs/train.yaml --wait
+	$(BIN)/raylane submit jobs/vision.yaml --wait
 	$(BIN)/raylane serve deploy jobs/serve.yaml
 	test -s .raylane/state/demo-key || (umask 077; $(BIN)/raylane keys create demo > .raylane/state/demo-key)
 	$(BIN)/python examples/chat.py --base-url "$$($(BIN)/raylane serve status --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["base_url"])')" --api-key "$$(cat .raylane/state/demo-key)"
 	$(BIN)/python examples/batch.py --base-url "$$($(BIN)/raylane serve status --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["base_url"])')" --api-key "$$(cat .raylane/state/demo-key)" --requests 200 --output .raylane/batch-results.jsonl
+	$(BIN)/python examples/predict.py --v2-url "$$($(BIN)/raylane serve status --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["v2_url"])')" --api-key "$$(cat .raylane/state/demo-key)"
+	$(BIN)/raylane submit jobs/score.yaml --wait
 	$(BIN)/raylane status
 
 # `make test` is CI's suite; the minutes-long scenarios run apart (pyproject.toml's markers).

@@ -12,7 +12,7 @@ Example:
     >>> kind("etl").name  # the corpus job's old name, still accepted (job specs warn about it)
     'corpus'
     >>> sorted(KINDS)
-    ['batch', 'corpus', 'docs', 'score', 'smoke', 'train', 'vision']
+    ['batch', 'corpus', 'docs', 'score', 'smoke', 'tabular', 'train', 'vision']
 """
 
 from __future__ import annotations
@@ -129,6 +129,13 @@ KINDS: dict[str, JobKind] = {
             params="raylane.train.vision:DigitsParams",
             run="raylane.train.vision:run_vision",
             summary="Ray Train TorchTrainer: an image classifier (digits CNN) -> registered predictor.",
+        ),
+        JobKind(
+            "tabular",
+            lane="train",
+            params="raylane.train.tabular:TabularParams",
+            run="raylane.train.tabular:run_tabular",
+            summary="Ray Train XGBoostTrainer: a gradient-boosted classifier -> registered predictor.",
         ),
         JobKind(
             "score",

