@@ -156,11 +156,12 @@ class PredictIngress:
         if handle is None:  # the Gateway answers unknown names; a plain Serve deploy may not have one
             return _error(404, f"model {name!r} is not served here")
         try:
-            metadata = await _once_more_if_died(handle, "metadata")
-            if version is not None and version not in metadata["versions"]:
-                return _error(404, f"model {name!r} has no version {version!r} here: {metadata['versions']}")
-            if method == "metadata":
-                return JSONResponse(metadata)
+            if version is not None or method == "metadata":  # one more call: only when it is needed
+                metadata = await _once_more_if_died(handle, "metadata")
+                if version is not None and version not in metadata["versions"]:
+                    return _error(404, f"model {name!r} has no version {version!r} here: {metadata['versions']}")
+                if method == "metadata":
+                    return JSONResponse(metadata)
             status, answer = await _once_more_if_died(handle, method, *args)
         except BackPressureError as exc:  # no replica came within serve.replica_wait_s
             retry = str(round(exc.retry_after_s or 1))
