@@ -39,13 +39,15 @@ def deploy(
     wait: Annotated[bool, typer.Option(help="Wait until every model is RUNNING.")] = True,
     config_path: ConfigOption = None,
 ) -> None:
-    """Deploy (or update) every configured model behind one OpenAI base URL; prints that URL last."""
+    """Deploy (or update) every configured model: LLMs behind one OpenAI base URL (printed last),
+    predictors (task: predict) behind the Open Inference Protocol at /v2 on the same port."""
     config = load(config_path)
     if serving_file is not None:
         config = serving.with_serving_file(config, serving_file)
     config = serving.with_models(config, model or [])
     names = ", ".join(m.name for m in config.models)
-    err.print(f"deploying {names} as Serve application '{config.serve.app_name}'...")
+    apps = ", ".join(app["name"] for app in serving.applications(config, {}))
+    err.print(f"deploying {names} as Serve application(s) {apps}...")
     summary = serving.deploy(config, wait=wait, on_status=lambda s: err.print(f"  {s}"))
     _print_summary(summary, as_json=False, quiet=True)
     print(summary["base_url"])
@@ -59,7 +61,7 @@ def status(config_path: ConfigOption = None, as_json: JsonOption = False) -> Non
 
 @serve_app.command("delete")
 def delete(config_path: ConfigOption = None) -> None:
-    """Remove the serving application (other Serve applications stay)."""
+    """Remove raylane's serving applications (other Serve applications stay)."""
     config = load(config_path)
     removed = serving.delete(config)
     out.print(
@@ -75,6 +77,8 @@ def _print_summary(summary: dict, *, as_json: bool, quiet: bool) -> None:
     if not quiet:
         console.print(f"application  {summary['app']}  {summary['status']}")
         console.print(f"base URL     {summary['base_url']}")
+        if "v2_url" in summary:
+            console.print(f"v2 URL       {summary['v2_url']}  (predictors: Open Inference Protocol)")
         console.print(f"models       {', '.join(summary['models'])}")
         if summary["message"]:
             console.print(f"message      {summary['message']}")

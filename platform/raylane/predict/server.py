@@ -1,8 +1,9 @@
 """One predictor model's Serve deployment: the model in memory, requests batched dynamically.
 
 Each replica loads the model of one ``models:`` entry with ``task: predict`` (resolved on its own
-node like an engine's files) and answers the Open Inference Protocol's per-model calls for the
-ingress (:mod:`raylane.predict.app`). A request is checked against the signature first
+node like an engine's files) and is the ingress of that model's application
+(:mod:`raylane.predict.app`): it answers the Open Inference Protocol's per-model routes behind the
+Gateway, and readiness probes over a handle. A request is checked against the signature first
 (:mod:`raylane.predict.protocol`); a bad one is answered without touching the model. Good requests
 wait up to ``batch_wait_timeout_ms`` for company, up to ``max_batch_size`` requests, and run as one
 model call on a worker thread (the replica's loop keeps taking requests meanwhile): Serve's
@@ -12,9 +13,12 @@ model call on a worker thread (the replica's loop keeps taking requests meanwhil
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import numpy as np
+from fastapi import Request
+from fastapi.responses import JSONResponse
 from ray import serve
 
 from raylane.config import ModelConfig, load_serving_config
@@ -44,6 +48,28 @@ class PredictorServer:
         batched: Any = self._infer_batch  # Serve's batch wrapper, which typing sees as the plain method
         batched.set_max_batch_size(settings.max_batch_size)
         batched.set_batch_wait_timeout_s(settings.batch_wait_timeout_ms / 1000)
+
+    async def http_metadata(self, version: str | None = None) -> JSONResponse:
+        if unknown := self._unknown_version(version):
+            return unknown
+        return JSONResponse(self.metadata())
+
+    async def http_ready(self, version: str | None = None) -> JSONResponse:
+        if unknown := self._unknown_version(version):
+            return unknown
+        return JSONResponse({"name": self.name, "ready": self.ready()})
+
+    async def http_infer(self, request: Request, version: str | None = None) -> JSONResponse:
+        if unknown := self._unknown_version(version):
+            return unknown
+        status, answer = await self.infer(json.loads(await request.body()))  # the Gateway checked it parses
+        return JSONResponse(answer, status_code=status)
+
+    def _unknown_version(self, version: str | None) -> JSONResponse | None:
+        if version is None or version == self.version:
+            return None
+        have = [self.version] if self.version else []
+        return JSONResponse({"error": f"model {self.name!r} has no version {version!r} here: {have}"}, 404)
 
     def metadata(self) -> dict[str, Any]:
         """``GET /v2/models/{name}``'s answer."""

@@ -26,6 +26,7 @@ from raylane.errors import ClusterError, ConfigError, InvalidRequestError, NotFo
 
 IMPORT_PATH = "raylane.serve:build_app"
 PREDICT_IMPORT_PATH = "raylane.predict.app:build_predict_app"
+MODEL_IMPORT_PATH = "raylane.predict.app:build_model_app"
 FAILED = {"DEPLOY_FAILED", "UNHEALTHY"}
 POLL_S = 0.5  # one small REST call to the dashboard each; a longer poll only delays the first token
 SERVING_FILE_KEYS = {"models", "serve"}
@@ -98,21 +99,29 @@ def v2_url(config: RaylaneConfig) -> str:
 
 
 def app_names(config: RaylaneConfig) -> tuple[str, str]:
-    """The Serve applications raylane deploys: the OpenAI one and the predictors' (``<name>-v2``)."""
+    """The Serve applications raylane deploys: the OpenAI one and the predictors' root (``<name>-v2``;
+    each predictor model's is ``<name>-v2-<model>``)."""
     return config.serve.app_name, f"{config.serve.app_name}-v2"
+
+
+def is_ours(config: RaylaneConfig, name: str) -> bool:
+    """Whether Serve application ``name`` is one raylane deploys for this config's app name."""
+    openai_name, v2_name = app_names(config)
+    return name in (openai_name, v2_name) or name.startswith(v2_name + "-")
 
 
 def applications(config: RaylaneConfig, args: dict[str, Any]) -> list[dict[str, Any]]:
     """The Serve application configs ``config``'s models need, each built from ``args`` on the
-    cluster: the OpenAI application for vLLM models, the Open Inference Protocol one (at
-    ``<route_prefix>v2``, same port) for predictor models. Two applications, so that deploying or
-    updating one kind never restarts the other's replicas.
+    cluster: the OpenAI application for vLLM models; for predictor models the Open Inference
+    Protocol's root (``<route_prefix>v2``, same port) and one application per model below it, whose
+    replicas are its ingress (:mod:`raylane.predict.app`). Deploying or updating one kind never
+    restarts the other's replicas.
 
     Example:
         >>> config = RaylaneConfig.model_validate({"models": [{"name": "digits", "source": "digits@1",
         ...                                                    "task": "predict"}]})
         >>> [(app["name"], app["route_prefix"]) for app in applications(config, {})]
-        [('raylane-v2', '/v2')]
+        [('raylane-v2', '/v2'), ('raylane-v2-digits', '/v2/models/digits')]
     """
     openai_name, v2_name = app_names(config)
     apps = []
@@ -125,10 +134,18 @@ def applications(config: RaylaneConfig, args: dict[str, Any]) -> list[dict[str, 
                 "args": args,
             }
         )
-    if any(m.is_predictor for m in config.models):
-        prefix = config.serve.route_prefix.rstrip("/") + "/v2"
+    predictors = [m.name for m in config.models if m.is_predictor]
+    root = config.serve.route_prefix.rstrip("/") + "/v2"
+    if predictors:
+        apps.append({"name": v2_name, "route_prefix": root, "import_path": PREDICT_IMPORT_PATH, "args": args})
+    for name in predictors:
         apps.append(
-            {"name": v2_name, "route_prefix": prefix, "import_path": PREDICT_IMPORT_PATH, "args": args}
+            {
+                "name": f"{v2_name}-{name}",
+                "route_prefix": f"{root}/models/{name}",
+                "import_path": MODEL_IMPORT_PATH,
+                "args": {**args, "predictor": name},
+            }
         )
     return apps
 
@@ -167,11 +184,11 @@ def _submit(
     cluster_applications.remember(config, applications)  # a restarted local head deploys them again
 
 
-def _other_apps(details: dict[str, Any], names: tuple[str, ...]) -> list[dict[str, Any]]:
+def _other_apps(details: dict[str, Any], config: RaylaneConfig) -> list[dict[str, Any]]:
     return [
         app["deployed_app_config"]
         for app_name, app in (details.get("applications") or {}).items()
-        if app_name not in names and app.get("deployed_app_config")
+        if not is_ours(config, app_name) and app.get("deployed_app_config")
     ]
 
 
@@ -185,7 +202,7 @@ def deploy(
     details = _details(client)
     ours = applications(config, config.job_dict())
     # The other kind's application goes when its last model leaves the config.
-    _submit(client, details, [*_other_apps(details, app_names(config)), *ours], config)
+    _submit(client, details, [*_other_apps(details, config), *ours], config)
     if not wait:
         return app_status(config)
     return _wait_running(config, client, [app["name"] for app in ours], on_status)
@@ -224,7 +241,7 @@ def _wait_running(
 def app_status(config: RaylaneConfig) -> dict[str, Any]:
     """The serving applications' status, deployments and replica counts."""
     found = _details(_client(config)).get("applications") or {}
-    apps = {name: found[name] for name in app_names(config) if name in found}
+    apps = {name: app for name, app in found.items() if is_ours(config, name)}
     if not apps:
         raise NotFoundError(
             f"no serving application '{config.serve.app_name}': deploy one with `raylane serve deploy`"
@@ -238,9 +255,12 @@ def summarize(config: RaylaneConfig, apps: dict[str, dict[str, Any]]) -> dict[st
     statuses = [app.get("status") for app in apps.values()]
     models: list[str] = []
     for app in apps.values():
-        args = (app.get("deployed_app_config") or {}).get("args") or {}
-        v2 = (app.get("deployed_app_config") or {}).get("import_path") == PREDICT_IMPORT_PATH
-        models += [m.get("name") for m in args.get("models", []) if (m.get("task") == "predict") == v2]
+        deployed = app.get("deployed_app_config") or {}
+        args = deployed.get("args") or {}
+        if deployed.get("import_path") == IMPORT_PATH:
+            models += [m.get("name") for m in args.get("models", []) if m.get("task") != "predict"]
+        elif deployed.get("import_path") == MODEL_IMPORT_PATH:
+            models.append(str(args.get("predictor")))
     summary: dict[str, Any] = {
         "app": ", ".join(apps),
         "status": next((s for s in statuses if s != "RUNNING"), "RUNNING"),
@@ -274,10 +294,9 @@ def delete(config: RaylaneConfig) -> bool:
     """Remove raylane's serving applications (other Serve applications stay). False if none ran."""
     client = _client(config)
     details = _details(client)
-    names = app_names(config)
-    if not set(names) & set(details.get("applications") or {}):
+    if not any(is_ours(config, name) for name in details.get("applications") or {}):
         return False
-    _submit(client, details, _other_apps(details, names), config)
+    _submit(client, details, _other_apps(details, config), config)
     return True
 
 

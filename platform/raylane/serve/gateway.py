@@ -242,6 +242,8 @@ class Gateway:
             m["name"] for m in config.get("models") or [] if (m.get("task") == "predict") == (api == "v2")
         )
         self._public_paths = PUBLIC_PATHS | V2_PUBLIC_PATHS if api == "v2" else PUBLIC_PATHS
+        # A model's own application sits below the protocol's root: its paths are read from there.
+        self._v2_root = str((config.get("serve") or {}).get("route_prefix") or "/").rstrip("/") + "/v2"
         self.services: GatewayServices | None = None
         self._batch_api: Any = None
         self._batch_service: Any = None
@@ -311,8 +313,8 @@ class Gateway:
             return await self.app(scope, self._lifespan(receive), send)
         if scope["type"] != "http":
             return await _refuse_non_http(scope, receive, send)
-        path = _route_path(scope)
         v2 = self._api == "v2"
+        path = _route_path(scope, self._v2_root if v2 else None)
         if path in self._public_paths:
             if scope["method"] in PUBLIC_METHODS.get(path, ("GET", "HEAD")):
                 return await self.app(scope, receive, send)
@@ -558,8 +560,11 @@ def _log_failed_refresh(task: asyncio.Task[KeyInfo | None]) -> None:
         logger.warning("API key refresh failed (the cached entry stands until it expires): %s", exc)
 
 
-def _route_path(scope: Scope) -> str:
+def _route_path(scope: Scope, below: str | None = None) -> str:
+    """The request's path below its application's prefix, or below ``below`` when it is there."""
     path: str = scope["path"]
+    if below is not None and (path == below or path.startswith(below + "/")):
+        return path[len(below) :] or "/"
     root = scope.get("root_path", "")
     if root and path.startswith(root):
         path = path[len(root) :] or "/"

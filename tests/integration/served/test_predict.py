@@ -54,7 +54,15 @@ def pixels(images: np.ndarray) -> dict[str, Any]:
 def test_serve_status_lists_both_applications_and_the_v2_url(v2: V2):
     status = json.loads(v2.deployment.project.cli("serve", "status", "--json").stdout)
     assert status["status"] == "RUNNING" and status["v2_url"] == v2.root
-    assert status["models"] == ["tiny", "minilm", "digits", "cancer", "cancer-xgb"]
+    assert sorted(status["models"]) == ["cancer", "cancer-xgb", "digits", "minilm", "tiny"]
+    apps = {app.strip() for app in status["app"].split(",")}
+    assert apps == {
+        "raylane",
+        "raylane-v2",
+        "raylane-v2-digits",
+        "raylane-v2-cancer",
+        "raylane-v2-cancer-xgb",
+    }
     assert {"raylane:v2", "raylane:predict:digits", "raylane:predict:cancer"} <= {
         d["name"] for d in status["deployments"]
     }
@@ -63,6 +71,7 @@ def test_serve_status_lists_both_applications_and_the_v2_url(v2: V2):
 def test_health_is_public_and_metadata_carries_the_signature(v2: V2):
     assert v2.get("/health/live", key=None).json() == {"live": True}
     assert v2.get("/health/ready", key=None).json() == {"ready": True}
+    assert v2.get("", key=None).json()["name"] == "raylane"  # GET /v2: the server's metadata
     metadata = v2.get("/models/digits").json()
     assert metadata["versions"] == ["1"] and metadata["platform"] == "raylane-torch"
     assert metadata["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}]

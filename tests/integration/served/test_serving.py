@@ -70,7 +70,7 @@ def test_deploy_prints_the_base_url_and_status_reports_running(served: Served):
     status = served.project.cli("serve", "status", "--json")
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
-    assert report["status"] == "RUNNING" and report["models"][:2] == ["tiny", "minilm"]
+    assert report["status"] == "RUNNING" and {"tiny", "minilm"} <= set(report["models"])
     assert {"raylane:tiny", "raylane:minilm", "raylane:router"} <= {d["name"] for d in report["deployments"]}
 
 
