@@ -7,4 +7,8 @@
   cosine, clipping, accumulation, checkpoints, validation loss).
 - :mod:`~raylane.train.run`: the driver: checks, ``TorchTrainer.fit()``, export and registration
   (:mod:`~raylane.train.export`), so ``raylane serve deploy --model m=NAME@VERSION`` serves the result.
+- :mod:`~raylane.train.runs`: what every training kind shares: run names, worker resources, Ray
+  Train's checkpoint location.
+- :mod:`~raylane.train.vision`, :mod:`~raylane.train.tabular`: the predictor models' training kinds
+  (TorchTrainer on bundled digit images, XGBoostTrainer on bundled diagnostics).
 """

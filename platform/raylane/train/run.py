@@ -19,11 +19,11 @@ from raylane.data.runs import status
 from raylane.db import MetadataStore
 from raylane.errors import ConfigError, JobError, NotFoundError
 from raylane.storage import Storage
+from raylane.train import runs
 from raylane.train.export import export_and_register
 from raylane.train.params import READ_CPUS, TrainParams
 from raylane.train.presets import llama_config
 
-RUNS_PREFIX = "train/runs"
 # Logical CPUs that must stay free of train workers so Ray Data can feed them: its file-listing
 # task asks for a whole CPU, so with less free, ingest never starts.
 DATA_CPU_RESERVE = 1.0
@@ -110,7 +110,7 @@ def run_training(config: RaylaneConfig, params: TrainParams) -> dict[str, Any]:
     """Train on the connected cluster; returns losses, throughput and the registered model."""
     import ray
     import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from raylane.train.loop import train_loop
@@ -123,9 +123,7 @@ def run_training(config: RaylaneConfig, params: TrainParams) -> dict[str, Any]:
         check_capacity(params, ray.cluster_resources().get("CPU", 0), lane.cpus if lane else None)
     manifest = corpus_manifest(store, params.dataset)
     spec = model_spec(store, db, params, manifest)
-    run_name = params.resume or f"{params.output_model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if params.resume and not store.exists(f"{RUNS_PREFIX}/{run_name}"):
-        raise NotFoundError(f"no run {run_name!r} under {store.uri(RUNS_PREFIX)} to resume")
+    run_name = runs.run_name(store, params.resume, params.output_model)
 
     base = manifest["data_prefix"]
     splits = {
@@ -146,11 +144,7 @@ def run_training(config: RaylaneConfig, params: TrainParams) -> dict[str, Any]:
     )
     validation = validation_ids(store, splits["validation"], params.eval_batches * params.batch_size)
     gpus = params.gpus_per_worker if params.use_gpu else 0
-    resources = {
-        "CPU": params.cpus_per_worker,
-        **({"GPU": gpus} if gpus else {}),
-        **lanes.requests(config, "train", cpus=params.cpus_per_worker, gpus=gpus),
-    }
+    resources = runs.worker_resources(config, cpus=params.cpus_per_worker, gpus=gpus)
     status(
         f"train: run {run_name}, {params.workers} worker(s), {params.steps} steps on {params.dataset} "
         f"{manifest['version']} ({manifest['counts']['train_tokens']} tokens)"
@@ -166,12 +160,8 @@ def run_training(config: RaylaneConfig, params: TrainParams) -> dict[str, Any]:
         scaling_config=ScalingConfig(
             num_workers=params.workers, use_gpu=params.use_gpu, resources_per_worker=resources
         ),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=store.fs_path(RUNS_PREFIX),
-            storage_filesystem=store.fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=params.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=params.max_failures),
+        run_config=runs.run_config(
+            store, run_name, keep=params.keep_checkpoints, max_failures=params.max_failures
         ),
         datasets={"train": train_data},
     )

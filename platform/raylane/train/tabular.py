@@ -23,15 +23,14 @@ from typing import Any
 
 from pydantic import Field
 
-from raylane import lanes
 from raylane.config import RaylaneConfig
 from raylane.data.runs import status
 from raylane.db import MetadataStore
-from raylane.errors import JobError, NotFoundError
+from raylane.errors import JobError
 from raylane.jobs.kinds import Holdings, JobParams
 from raylane.storage import Storage
+from raylane.train import runs
 
-RUNS_PREFIX = "train/runs"
 LABEL = "malignant"
 FEATURES = 30
 
@@ -125,7 +124,7 @@ def report_with_checkpoints() -> type:
 def run_tabular(config: RaylaneConfig, params: TabularParams) -> dict[str, Any]:
     """Train, evaluate, export and register the booster on the connected cluster."""
     import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import ScalingConfig
     from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
     from sklearn.metrics import roc_auc_score
 
@@ -134,14 +133,9 @@ def run_tabular(config: RaylaneConfig, params: TabularParams) -> dict[str, Any]:
 
     started = time.perf_counter()
     store = Storage.from_config(config)
-    run_name = params.resume or f"{params.output_model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if params.resume and not store.exists(f"{RUNS_PREFIX}/{run_name}"):
-        raise NotFoundError(f"no run {run_name!r} under {store.uri(RUNS_PREFIX)} to resume")
+    run_name = runs.run_name(store, params.resume, params.output_model)
     train, test = cancer_split(params.test_fraction, params.seed)
-    resources = {
-        "CPU": params.cpus_per_worker,
-        **lanes.requests(config, "train", cpus=params.cpus_per_worker),
-    }
+    resources = runs.worker_resources(config, cpus=params.cpus_per_worker)
     status(
         f"tabular: run {run_name}, {params.workers} worker(s), {params.rounds} rounds on {len(train)} cases"
     )
@@ -149,13 +143,7 @@ def run_tabular(config: RaylaneConfig, params: TabularParams) -> dict[str, Any]:
         train_loop,
         train_loop_config={"params": params.model_dump(mode="json")},
         scaling_config=ScalingConfig(num_workers=params.workers, resources_per_worker=resources),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=store.fs_path(RUNS_PREFIX),
-            storage_filesystem=store.fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=params.max_failures),
-        ),
+        run_config=runs.run_config(store, run_name, keep=2, max_failures=params.max_failures),
         datasets={"train": ray.data.from_pandas(train), "validation": ray.data.from_pandas(test)},
     )
     result = trainer.fit()

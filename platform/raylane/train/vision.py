@@ -23,15 +23,14 @@ from typing import Any
 
 from pydantic import Field
 
-from raylane import lanes
 from raylane.config import RaylaneConfig
 from raylane.data.runs import status
 from raylane.db import MetadataStore
-from raylane.errors import JobError, NotFoundError
+from raylane.errors import JobError
 from raylane.jobs.kinds import Holdings, JobParams
 from raylane.storage import Storage
+from raylane.train import runs
 
-RUNS_PREFIX = "train/runs"
 STATE_FILE = "classifier.pt"
 CLASSES = 10
 PIXEL_MAX = 16.0  # the digits set's grey levels run 0..16
@@ -177,24 +176,19 @@ def export_classifier(checkpoint: Any, channels: int, directory: Path) -> Path:
 def run_vision(config: RaylaneConfig, params: DigitsParams) -> dict[str, Any]:
     """Train, export and register the digits classifier on the connected cluster."""
     import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from raylane.models.registry import register
 
     started = time.perf_counter()
     store = Storage.from_config(config)
-    run_name = params.resume or f"{params.output_model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if params.resume and not store.exists(f"{RUNS_PREFIX}/{run_name}"):
-        raise NotFoundError(f"no run {run_name!r} under {store.uri(RUNS_PREFIX)} to resume")
+    run_name = runs.run_name(store, params.resume, params.output_model)
     x_train, y_train, x_test, y_test = digits_split(params.test_fraction, params.seed)
     train = ray.data.from_items([{"pixels": x, "label": y} for x, y in zip(x_train, y_train, strict=True)])
-    gpus = 1.0 if params.use_gpu else 0.0
-    resources = {
-        "CPU": params.cpus_per_worker,
-        **({"GPU": gpus} if gpus else {}),
-        **lanes.requests(config, "train", cpus=params.cpus_per_worker, gpus=gpus),
-    }
+    resources = runs.worker_resources(
+        config, cpus=params.cpus_per_worker, gpus=1.0 if params.use_gpu else 0.0
+    )
     status(
         f"vision: run {run_name}, {params.workers} worker(s), {params.epochs} epochs on {len(x_train)} images"
     )
@@ -204,13 +198,7 @@ def run_vision(config: RaylaneConfig, params: DigitsParams) -> dict[str, Any]:
         scaling_config=ScalingConfig(
             num_workers=params.workers, use_gpu=params.use_gpu, resources_per_worker=resources
         ),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=store.fs_path(RUNS_PREFIX),
-            storage_filesystem=store.fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=params.max_failures),
-        ),
+        run_config=runs.run_config(store, run_name, keep=2, max_failures=params.max_failures),
         datasets={"train": train},
     )
     result = trainer.fit()
