@@ -7,6 +7,7 @@ config or usage); ``RAYLANE_DEBUG=1`` adds the traceback.
 Example:
     $ raylane up --num-cpus 4
     $ raylane submit jobs/smoke.yaml --wait
+    $ raylane tune jobs/vision.yaml --trials 4 --wait
     $ raylane down
 """
 
@@ -36,6 +37,7 @@ app.command()(cluster.down)
 app.command()(cluster.status)
 app.command()(cluster.render)
 app.command()(jobs.submit)
+app.command()(jobs.tune)
 app.add_typer(jobs.jobs_app, name="jobs")
 app.add_typer(serve.serve_app, name="serve")
 app.add_typer(batch.batch_app, name="batch")

@@ -2,6 +2,7 @@
 
 Example:
     $ raylane submit jobs/smoke.yaml --wait
+    $ raylane tune jobs/vision.yaml --trials 8 --wait
     $ raylane jobs list
     $ raylane jobs logs raylane-smoke-20260101-120000-abcdef --follow
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -19,6 +20,10 @@ from raylane.cli.common import ConfigOption, JsonOption, err, fmt_time, load, ou
 from raylane.cluster.connect import require_cluster
 from raylane.errors import JobError
 from raylane.jobs.client import TERMINAL_STATUSES, follow_logs, get_job, job_client, status_text
+
+if TYPE_CHECKING:
+    from raylane.config import RaylaneConfig
+    from raylane.jobs.spec import JobSpec
 
 jobs_app = typer.Typer(help="List, follow and stop Ray jobs.", no_args_is_help=True)
 
@@ -35,19 +40,73 @@ def submit(
 ) -> None:
     """Submit the job a config names (jobs/<job>.py) as a Ray job and print its id."""
     from raylane.jobs.spec import load_job_spec
+
+    spec = load_job_spec(job_config, {"resume": resume} if resume else None)
+    _submit_and_follow(load(config_path), spec, wait)
+
+
+def tune(
+    job_config: Annotated[Path, typer.Argument(help="Training job config with a tune: section.")],
+    trials: Annotated[
+        int | None, typer.Option("--trials", min=1, help="Trials to run (overrides tune.trials).")
+    ] = None,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="Continue this experiment from its saved state.")
+    ] = None,
+    config_path: ConfigOption = None,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="Follow the logs, then print the trials; exit with the job's status."),
+    ] = False,
+) -> None:
+    """Tune a training job with Ray Tune: trials drawn from its tune: space, ASHA stops the weak
+    ones early, the best is registered. Prints the job id."""
+    from raylane.jobs.spec import load_job_spec
+    from raylane.train.tune import tune_job_spec
+
+    spec = tune_job_spec(load_job_spec(job_config), trials=trials, resume=resume, source=job_config)
+    result = _submit_and_follow(load(config_path), spec, wait)
+    if result is not None:
+        out.print(trials_table(result))
+
+
+def trials_table(result: dict[str, Any]) -> Table:
+    """A tune job's trials, best first, with the sampled values and how each ended."""
+    metric = result["metric"]
+    trials = sorted(
+        result["trials"],
+        key=lambda t: (t["score"] is None, (t["score"] or 0) * (1 if result["mode"] == "min" else -1)),
+    )
+    keys = sorted({k for t in trials for k in t["config"]})
+    table = Table("trial", *keys, "reports", "state", metric, box=None, pad_edge=False)
+    for t in trials:
+        score = "-" if t["score"] is None else f"{t['score']:.4g}"
+        mark = " (registered " + result["model"] + ")" if t["trial"] == result["best_trial"] else ""
+        values = [_cell(t["config"].get(k)) for k in keys]
+        table.add_row(t["trial"], *values, str(t["reports"]), t["state"], score + mark)
+    return table
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _submit_and_follow(config: RaylaneConfig, spec: JobSpec, wait: bool) -> dict[str, Any] | None:
+    """Submit; print the job id; with ``wait``, stream its logs and return its result line."""
+    from raylane.jobs.run import parse_result
     from raylane.jobs.submission import submit_spec
 
-    config = load(config_path)
-    spec = load_job_spec(job_config, {"resume": resume} if resume else None)
     dashboard = require_cluster(config)
     job_id = submit_spec(config, dashboard, spec)
     print(job_id, flush=True)
-    if wait:
-        client = job_client(dashboard)
-        final = follow_logs(client, job_id, lambda chunk: print(chunk, end="", flush=True))
-        if final != "SUCCEEDED":
-            raise JobError(f"job {job_id} {final.lower()}: see `raylane jobs logs {job_id}`")
-        err.print(f"job {job_id} succeeded")
+    if not wait:
+        return None
+    client = job_client(dashboard)
+    final = follow_logs(client, job_id, lambda chunk: print(chunk, end="", flush=True))
+    if final != "SUCCEEDED":
+        raise JobError(f"job {job_id} {final.lower()}: see `raylane jobs logs {job_id}`")
+    err.print(f"job {job_id} succeeded")
+    return parse_result(client.get_job_logs(job_id))
 
 
 @jobs_app.command("list")

@@ -12,7 +12,7 @@ Example:
     >>> kind("etl").name  # the corpus job's old name, still accepted (job specs warn about it)
     'corpus'
     >>> sorted(KINDS)
-    ['batch', 'corpus', 'docs', 'score', 'smoke', 'tabular', 'train', 'vision']
+    ['batch', 'corpus', 'docs', 'score', 'smoke', 'tabular', 'train', 'tune', 'vision']
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import abc
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -58,12 +58,36 @@ def lane_or_cluster_cpus(config: RaylaneConfig, lane: LaneName, cluster_cpus: fl
 
 
 @dataclass(frozen=True)
+class Tunable:
+    """How Ray Tune drives a training kind (``raylane tune``, :mod:`raylane.train.tune`).
+
+    ``trainer`` and ``publish`` name the kind's two halves as ``"module:attribute"`` (see
+    :mod:`raylane.train.runs`); ``metric`` and ``mode`` are the objective trials are compared by
+    unless a ``tune:`` section names another.
+    """
+
+    trainer: str
+    publish: str
+    metric: str
+    mode: Literal["min", "max"]
+
+    def trainer_function(self) -> Callable[..., Any]:
+        """``(config, params, run name, callbacks) -> trainer``, imported on first use."""
+        return _attribute(self.trainer)
+
+    def publish_function(self) -> Callable[..., dict[str, Any]]:
+        """``(config, params, checkpoint, metrics) -> result``, imported on first use."""
+        return _attribute(self.publish)
+
+
+@dataclass(frozen=True)
 class JobKind:
     """One kind of raylane job.
 
     ``params`` and ``run`` name a :class:`JobParams` model and a ``run(config, params) -> dict``
     function as ``"module:attribute"``; ``spreads`` says the job spreads over whatever its lane (or,
-    without a quota, the cluster) offers, so what it holds depends on the cluster's size.
+    without a quota, the cluster) offers, so what it holds depends on the cluster's size;
+    ``tunable`` says how Ray Tune runs trials of a training kind.
     """
 
     name: str
@@ -72,6 +96,7 @@ class JobKind:
     run: str
     summary: str
     spreads: bool = False
+    tunable: Tunable | None = None
 
     def params_model(self) -> type[JobParams]:
         """The params model, imported on first use."""
@@ -122,6 +147,9 @@ KINDS: dict[str, JobKind] = {
             params="raylane.train.params:TrainParams",
             run="raylane.train.run:run_training",
             summary="Ray Train TorchTrainer on a packed corpus -> exported, registered model.",
+            tunable=Tunable(
+                "raylane.train.run:llm_trainer", "raylane.train.run:publish_llm", "val_loss", "min"
+            ),
         ),
         JobKind(
             "vision",
@@ -129,6 +157,12 @@ KINDS: dict[str, JobKind] = {
             params="raylane.train.vision:DigitsParams",
             run="raylane.train.vision:run_vision",
             summary="Ray Train TorchTrainer: an image classifier (digits CNN) -> registered predictor.",
+            tunable=Tunable(
+                "raylane.train.vision:vision_trainer",
+                "raylane.train.vision:publish_vision",
+                "test_accuracy",
+                "max",
+            ),
         ),
         JobKind(
             "tabular",
@@ -136,6 +170,19 @@ KINDS: dict[str, JobKind] = {
             params="raylane.train.tabular:TabularParams",
             run="raylane.train.tabular:run_tabular",
             summary="Ray Train XGBoostTrainer: a gradient-boosted classifier -> registered predictor.",
+            tunable=Tunable(
+                "raylane.train.tabular:tabular_trainer",
+                "raylane.train.tabular:publish_tabular",
+                "validation_logloss",
+                "min",
+            ),
+        ),
+        JobKind(
+            "tune",
+            lane="train",
+            params="raylane.train.tune:TuneParams",
+            run="raylane.train.tune:run_tune",
+            summary="Ray Tune over a training kind: trials with ASHA early stopping -> best one registered.",
         ),
         JobKind(
             "score",

@@ -46,6 +46,10 @@ class JobSpec(BaseModel):
         default_factory=dict, description="Extra Ray runtime_env entries (env_vars, pip, ...)."
     )
     params: dict[str, Any] = Field(default_factory=dict, description="The job's own parameters.")
+    tune: dict[str, Any] | None = Field(
+        None,
+        description="Training kinds: the search `raylane tune` runs (raylane.train.tune); submit ignores it.",
+    )
 
     @property
     def kind(self) -> JobKind:
@@ -87,6 +91,13 @@ def load_job_spec(path: Path, param_overrides: dict[str, Any] | None = None) -> 
         raise ConfigError(f"{path}: {exc}") from None
     except ValidationError as exc:
         raise ConfigError(f"{path}: params: {describe_validation_error(exc)}") from None
+    if spec.tune is not None:  # a bad search space fails here, not in a trial minutes later
+        try:
+            kind("tune").validate_params({"trainer": spec.job, "params": spec.params, "tune": spec.tune})
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        except ValidationError as exc:
+            raise ConfigError(f"{path}: {describe_validation_error(exc)}") from None
     return spec
 
 

@@ -8,7 +8,7 @@ so a bad config costs seconds, not a worker group.
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Sequence
 from typing import Any
 
 from raylane import lanes
@@ -17,7 +17,7 @@ from raylane.artifacts.tokenizer import special_token_ids
 from raylane.config import RaylaneConfig
 from raylane.data.runs import status
 from raylane.db import MetadataStore
-from raylane.errors import ConfigError, JobError, NotFoundError
+from raylane.errors import ConfigError, NotFoundError
 from raylane.storage import Storage
 from raylane.train import runs
 from raylane.train.export import export_and_register
@@ -106,8 +106,8 @@ def validation_ids(store: Storage, files: list[str], rows: int):
     return np.stack(table.column("input_ids").to_numpy(zero_copy_only=False)).astype(np.int32)
 
 
-def run_training(config: RaylaneConfig, params: TrainParams) -> dict[str, Any]:
-    """Train on the connected cluster; returns losses, throughput and the registered model."""
+def llm_trainer(config: RaylaneConfig, params: TrainParams, run_name: str, callbacks: Sequence[Any]) -> Any:
+    """The ``TorchTrainer`` of one run, after every check that needs no worker."""
     import ray
     import ray.data
     from ray.train import ScalingConfig
@@ -115,7 +115,6 @@ def run_training(config: RaylaneConfig, params: TrainParams) -> dict[str, Any]:
 
     from raylane.train.loop import train_loop
 
-    started = time.perf_counter()
     store = Storage.from_config(config)
     db = MetadataStore.from_config(config)
     if not params.use_gpu:
@@ -123,8 +122,6 @@ def run_training(config: RaylaneConfig, params: TrainParams) -> dict[str, Any]:
         check_capacity(params, ray.cluster_resources().get("CPU", 0), lane.cpus if lane else None)
     manifest = corpus_manifest(store, params.dataset)
     spec = model_spec(store, db, params, manifest)
-    run_name = runs.run_name(store, params.resume, params.output_model)
-
     base = manifest["data_prefix"]
     splits = {
         split: [
@@ -149,7 +146,7 @@ def run_training(config: RaylaneConfig, params: TrainParams) -> dict[str, Any]:
         f"train: run {run_name}, {params.workers} worker(s), {params.steps} steps on {params.dataset} "
         f"{manifest['version']} ({manifest['counts']['train_tokens']} tokens)"
     )
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop,
         train_loop_config={
             "params": params.model_dump(mode="json"),
@@ -161,27 +158,39 @@ def run_training(config: RaylaneConfig, params: TrainParams) -> dict[str, Any]:
             num_workers=params.workers, use_gpu=params.use_gpu, resources_per_worker=resources
         ),
         run_config=runs.run_config(
-            store, run_name, keep=params.keep_checkpoints, max_failures=params.max_failures
+            store,
+            run_name,
+            keep=params.keep_checkpoints,
+            max_failures=params.max_failures,
+            callbacks=callbacks,
         ),
         datasets={"train": train_data},
     )
-    result = trainer.fit()
-    if result.error:
-        raise JobError(f"training run {run_name} failed: {result.error}")
-    metrics = result.metrics or {}
+
+
+def publish_llm(
+    config: RaylaneConfig, params: TrainParams, checkpoint: Any, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """Export the checkpoint as a Hugging Face model with the dataset's tokenizer and register it."""
+    store = Storage.from_config(config)
+    manifest = corpus_manifest(store, params.dataset)
     status(f"export: step {metrics.get('step')}, loss {metrics.get('first_loss')} -> {metrics.get('loss')}")
-    tokenizer_prefix = f"{base}/{manifest['tokenizer']}"
-    registered = export_and_register(result.checkpoint, store, db, params.output_model, tokenizer_prefix)
+    tokenizer_prefix = f"{manifest['data_prefix']}/{manifest['tokenizer']}"
+    db = MetadataStore.from_config(config)
+    registered = export_and_register(checkpoint, store, db, params.output_model, tokenizer_prefix)
     status(f"registered {registered['model']}")
     return {
-        "run": run_name,
         "steps": metrics.get("step"),
         "first_loss": metrics.get("first_loss"),
         "final_loss": metrics.get("loss"),
         "val_loss": metrics.get("val_loss"),
         "tokens_per_s": metrics.get("tokens_per_s"),
         "resumed_from": metrics.get("resumed_from"),
-        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "checkpoint": checkpoint.path,
         **registered,
-        "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def run_training(config: RaylaneConfig, params: TrainParams) -> dict[str, Any]:
+    """Train on the connected cluster; returns losses, throughput and the registered model."""
+    return runs.train_and_publish(config, params, llm_trainer, publish_llm)

@@ -1,5 +1,10 @@
-"""What every training job kind shares around its trainer: the run's name, its workers'
-resources and where Ray Train keeps its checkpoints.
+"""What every training job kind shares around its trainer: the run's name, its workers' resources,
+where Ray Train keeps its checkpoints, and the fit -> publish sequence.
+
+A training kind is two functions: a :data:`BuildTrainer` that checks its inputs and returns a Ray
+Train trainer for a named run, and a :data:`Publish` that exports and registers the model from a
+checkpoint. :func:`train_and_publish` runs them as a job; :mod:`raylane.train.tune` runs the first
+once per trial and the second for the best trial.
 
 Example:
     >>> worker_resources(RaylaneConfig(), cpus=1.0)
@@ -9,14 +14,20 @@ Example:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from raylane import lanes
 from raylane.config import RaylaneConfig
-from raylane.errors import NotFoundError
+from raylane.errors import JobError, NotFoundError
 from raylane.storage import Storage
 
 RUNS_PREFIX = "train/runs"
+
+# (config, params, run name, Ray Train callbacks) -> a trainer whose fit() trains that run
+BuildTrainer = Callable[[RaylaneConfig, Any, str, Sequence[Any]], Any]
+# (config, params, checkpoint, its metrics) -> what the job reports: the registered model and metrics
+Publish = Callable[[RaylaneConfig, Any, Any, dict[str, Any]], dict[str, Any]]
 
 
 def run_name(store: Storage, resume: str | None, output_model: str) -> str:
@@ -37,9 +48,12 @@ def worker_resources(config: RaylaneConfig, *, cpus: float, gpus: float = 0) -> 
     }
 
 
-def run_config(store: Storage, name: str, *, keep: int, max_failures: int) -> Any:
+def run_config(
+    store: Storage, name: str, *, keep: int, max_failures: int, callbacks: Sequence[Any] = ()
+) -> Any:
     """Ray Train's ``RunConfig``: checkpoints under ``train/runs/<name>`` in storage, the newest
-    ``keep`` kept, ``max_failures`` worker failures resumed from the last one."""
+    ``keep`` kept, ``max_failures`` worker failures resumed from the last one. A run started again
+    under the same name continues from its last checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
     return RunConfig(
@@ -48,4 +62,25 @@ def run_config(store: Storage, name: str, *, keep: int, max_failures: int) -> An
         storage_filesystem=store.fs,
         checkpoint_config=CheckpointConfig(num_to_keep=keep),
         failure_config=FailureConfig(max_failures=max_failures),
+        callbacks=list(callbacks),
     )
+
+
+def fit(trainer: Any, name: str) -> Any:
+    """``trainer.fit()``'s result, or a :class:`JobError` naming the run when it has no checkpoint."""
+    result = trainer.fit()
+    if result.error or result.checkpoint is None:
+        raise JobError(f"training run {name} failed: {result.error or 'no checkpoint'}")
+    return result
+
+
+def train_and_publish(
+    config: RaylaneConfig, params: Any, build: BuildTrainer, publish: Publish
+) -> dict[str, Any]:
+    """A training job: a new run (or ``params.resume``), fitted, then published from its last
+    checkpoint; returns the run's name, what ``publish`` reports and the job's seconds."""
+    started = time.perf_counter()
+    name = run_name(Storage.from_config(config), params.resume, params.output_model)
+    result = fit(build(config, params, name, ()), name)
+    published = publish(config, params, result.checkpoint, result.metrics or {})
+    return {"run": name, **published, "seconds": round(time.perf_counter() - started, 2)}

@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 import tempfile
-import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,6 @@ from pydantic import Field
 from raylane.config import RaylaneConfig
 from raylane.data.runs import status
 from raylane.db import MetadataStore
-from raylane.errors import JobError
 from raylane.jobs.kinds import Holdings, JobParams
 from raylane.storage import Storage
 from raylane.train import runs
@@ -83,6 +82,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     if checkpoint := ray.train.get_checkpoint():
         booster = RayTrainReportCallback.get_model(checkpoint)
         done = booster.num_boosted_rounds()
+        if done >= params.rounds:  # stopped after its last checkpoint: report that one again
+            scores = booster.eval_set([(splits["validation"], "validation")], iteration=done - 1)
+            first = ray.train.get_context().get_world_rank() == 0
+            ray.train.report(parse_scores(scores), checkpoint=checkpoint if first else None)
+            return
     xgboost.train(
         {
             "objective": "binary:logistic",
@@ -107,6 +111,17 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     )
 
 
+def parse_scores(text: str) -> dict[str, float]:
+    """XGBoost's evaluation line as the metrics its callback reports.
+
+    Example:
+        >>> parse_scores("[99]\\tvalidation-logloss:0.0988\\tvalidation-auc:0.9927")
+        {'validation_logloss': 0.0988, 'validation_auc': 0.9927}
+    """
+    pairs = (part.split(":", 1) for part in text.split("\t")[1:])
+    return {name.replace("-", "_"): float(value) for name, value in pairs}
+
+
 def report_with_checkpoints() -> type:
     """Ray Train's XGBoost callback class, reporting only with a checkpoint (imported lazily)."""
     from ray.train.xgboost import RayTrainReportCallback
@@ -121,37 +136,47 @@ def report_with_checkpoints() -> type:
     return ReportWithCheckpoints
 
 
-def run_tabular(config: RaylaneConfig, params: TabularParams) -> dict[str, Any]:
-    """Train, evaluate, export and register the booster on the connected cluster."""
+def tabular_trainer(
+    config: RaylaneConfig, params: TabularParams, run_name: str, callbacks: Sequence[Any]
+) -> Any:
+    """The ``XGBoostTrainer`` of one run: both splits as Ray Data datasets."""
     import ray.data
     from ray.train import ScalingConfig
-    from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
-    from sklearn.metrics import roc_auc_score
+    from ray.train.xgboost import XGBoostTrainer
 
-    from raylane.models.registry import register
-    from raylane.predict.flavors import save_model
-
-    started = time.perf_counter()
-    store = Storage.from_config(config)
-    run_name = runs.run_name(store, params.resume, params.output_model)
     train, test = cancer_split(params.test_fraction, params.seed)
     resources = runs.worker_resources(config, cpus=params.cpus_per_worker)
     status(
         f"tabular: run {run_name}, {params.workers} worker(s), {params.rounds} rounds on {len(train)} cases"
     )
-    trainer = XGBoostTrainer(
+    return XGBoostTrainer(
         train_loop,
         train_loop_config={"params": params.model_dump(mode="json")},
         scaling_config=ScalingConfig(num_workers=params.workers, resources_per_worker=resources),
-        run_config=runs.run_config(store, run_name, keep=2, max_failures=params.max_failures),
+        run_config=runs.run_config(
+            Storage.from_config(config),
+            run_name,
+            keep=2,
+            max_failures=params.max_failures,
+            callbacks=callbacks,
+        ),
         datasets={"train": ray.data.from_pandas(train), "validation": ray.data.from_pandas(test)},
     )
-    result = trainer.fit()
-    if result.error or result.checkpoint is None:
-        raise JobError(f"training run {run_name} failed: {result.error or 'no checkpoint'}")
-    booster = RayTrainReportCallback.get_model(result.checkpoint)
-    scores = booster.inplace_predict(test.drop(columns=LABEL).to_numpy())
-    auc = float(roc_auc_score(test[LABEL], scores))
+
+
+def publish_tabular(
+    config: RaylaneConfig, params: TabularParams, checkpoint: Any, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """The booster's held-out AUC, then the booster saved as an ``xgboost`` predictor and registered."""
+    from ray.train.xgboost import RayTrainReportCallback
+    from sklearn.metrics import roc_auc_score
+
+    from raylane.models.registry import register
+    from raylane.predict.flavors import save_model
+
+    _, test = cancer_split(params.test_fraction, params.seed)
+    booster = RayTrainReportCallback.get_model(checkpoint)
+    auc = float(roc_auc_score(test[LABEL], booster.inplace_predict(test.drop(columns=LABEL).to_numpy())))
     with tempfile.TemporaryDirectory(prefix="raylane-export-") as folder:
         save_model(
             Path(folder),
@@ -162,14 +187,18 @@ def run_tabular(config: RaylaneConfig, params: TabularParams) -> dict[str, Any]:
             description="Probability that a breast mass is malignant, from 30 cell-nucleus measurements "
             "(scikit-learn's breast cancer set, in its column order).",
         )
+        store = Storage.from_config(config)
         version, uri = register(store, MetadataStore.from_config(config), params.output_model, folder)
     status(f"registered {params.output_model}@{version}: test AUC {auc:.4f}")
     return {
-        "run": run_name,
         "rounds": booster.num_boosted_rounds(),
         "test_auc": round(auc, 4),
         "test_cases": len(test),
         "model": f"{params.output_model}@{version}",
         "model_uri": uri,
-        "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def run_tabular(config: RaylaneConfig, params: TabularParams) -> dict[str, Any]:
+    """Train, evaluate, export and register the booster on the connected cluster."""
+    return runs.train_and_publish(config, params, tabular_trainer, publish_tabular)

@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 import tempfile
-import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,6 @@ from pydantic import Field
 from raylane.config import RaylaneConfig
 from raylane.data.runs import status
 from raylane.db import MetadataStore
-from raylane.errors import JobError
 from raylane.jobs.kinds import Holdings, JobParams
 from raylane.storage import Storage
 from raylane.train import runs
@@ -173,17 +172,15 @@ def export_classifier(checkpoint: Any, channels: int, directory: Path) -> Path:
     )
 
 
-def run_vision(config: RaylaneConfig, params: DigitsParams) -> dict[str, Any]:
-    """Train, export and register the digits classifier on the connected cluster."""
+def vision_trainer(
+    config: RaylaneConfig, params: DigitsParams, run_name: str, callbacks: Sequence[Any]
+) -> Any:
+    """The ``TorchTrainer`` of one run: the train split as a Ray Data dataset, the test split in the
+    loop's config (every epoch reports its accuracy)."""
     import ray.data
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from raylane.models.registry import register
-
-    started = time.perf_counter()
-    store = Storage.from_config(config)
-    run_name = runs.run_name(store, params.resume, params.output_model)
     x_train, y_train, x_test, y_test = digits_split(params.test_fraction, params.seed)
     train = ray.data.from_items([{"pixels": x, "label": y} for x, y in zip(x_train, y_train, strict=True)])
     resources = runs.worker_resources(
@@ -192,30 +189,44 @@ def run_vision(config: RaylaneConfig, params: DigitsParams) -> dict[str, Any]:
     status(
         f"vision: run {run_name}, {params.workers} worker(s), {params.epochs} epochs on {len(x_train)} images"
     )
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop,
         train_loop_config={"params": params.model_dump(mode="json"), "x_test": x_test, "y_test": y_test},
         scaling_config=ScalingConfig(
             num_workers=params.workers, use_gpu=params.use_gpu, resources_per_worker=resources
         ),
-        run_config=runs.run_config(store, run_name, keep=2, max_failures=params.max_failures),
+        run_config=runs.run_config(
+            Storage.from_config(config),
+            run_name,
+            keep=2,
+            max_failures=params.max_failures,
+            callbacks=callbacks,
+        ),
         datasets={"train": train},
     )
-    result = trainer.fit()
-    if result.error or result.checkpoint is None:
-        raise JobError(f"training run {run_name} failed: {result.error or 'no checkpoint'}")
-    metrics = result.metrics or {}
+
+
+def publish_vision(
+    config: RaylaneConfig, params: DigitsParams, checkpoint: Any, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """Export the checkpoint as TorchScript and register it; the metrics it was reported with."""
+    from raylane.models.registry import register
+
+    store = Storage.from_config(config)
     with tempfile.TemporaryDirectory(prefix="raylane-export-") as folder:
-        export_classifier(result.checkpoint, params.channels, Path(folder))
+        export_classifier(checkpoint, params.channels, Path(folder))
         version, uri = register(store, MetadataStore.from_config(config), params.output_model, folder)
-    status(f"registered {params.output_model}@{version}: test accuracy {metrics.get('test_accuracy'):.3f}")
+    accuracy = metrics.get("test_accuracy")
+    status(f"registered {params.output_model}@{version}: test accuracy {accuracy:.3f}")
     return {
-        "run": run_name,
         "epochs": (metrics.get("epoch") or 0) + 1,
         "final_loss": metrics.get("loss"),
-        "test_accuracy": metrics.get("test_accuracy"),
-        "test_images": len(x_test),
+        "test_accuracy": accuracy,
         "model": f"{params.output_model}@{version}",
         "model_uri": uri,
-        "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def run_vision(config: RaylaneConfig, params: DigitsParams) -> dict[str, Any]:
+    """Train, export and register the digits classifier on the connected cluster."""
+    return runs.train_and_publish(config, params, vision_trainer, publish_vision)
