@@ -1,4 +1,5 @@
-"""The metadata store (SQLAlchemy 2): API keys, the usage ledger, model versions, files and batches.
+"""The metadata store (SQLAlchemy 2): API keys, the usage ledger, model versions and aliases, files
+and batches.
 
 SQLite in the state dir by default; PostgreSQL (``postgresql+psycopg://...``) on clusters, where Gateway
 replicas on several nodes share it. The schema comes from Alembic migrations (:mod:`raylane.migrations`),
@@ -140,6 +141,35 @@ class ModelVersion(Base):
     uri: Mapped[str] = mapped_column(String(1024))
     source: Mapped[str] = mapped_column(String(1024))
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ModelAlias(Base):
+    """Where a model's alias points now: ``name@alias`` -> a version (``demo-llm@prod`` -> 3)."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (UniqueConstraint("name", "alias"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    alias: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class ModelAliasEvent(Base):
+    """One move of an alias, kept for good: the audit trail of promotions and rollbacks."""
+
+    __tablename__ = "model_alias_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    alias: Mapped[str] = mapped_column(String(64))
+    from_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    to_version: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(16))  # alias | rollback
+    actor: Mapped[str] = mapped_column(String(128))
+    at: Mapped[float] = mapped_column(Float, default=time.time)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
@@ -401,8 +431,18 @@ class MetadataStore:
         except IntegrityError:
             raise InvalidRequestError(f"{name}@{version} is already registered") from None
 
-    def get_model_version(self, name: str, version: int | None = None) -> ModelVersion:
-        """A registered version (the latest when ``version`` is None)."""
+    def get_model_version(
+        self, name: str, version: int | None = None, alias: str | None = None
+    ) -> ModelVersion:
+        """A registered version: ``version``, the one ``alias`` points to, or the latest."""
+        if alias is not None:
+            with self.session() as session:
+                pointer = session.scalar(
+                    select(ModelAlias).where(ModelAlias.name == name, ModelAlias.alias == alias)
+                )
+            if pointer is None:
+                raise NotFoundError(f"model {name} has no alias {alias!r}: see `raylane models show {name}`")
+            version = pointer.version
         query = select(ModelVersion).where(ModelVersion.name == name)
         query = query.where(ModelVersion.version == version) if version else query
         with self.session() as session:
@@ -411,6 +451,71 @@ class MetadataStore:
             at = f"@{version}" if version else ""
             raise NotFoundError(f"no registered model {name}{at}: see `raylane models list`")
         return row
+
+    def set_model_alias(
+        self,
+        name: str,
+        alias: str,
+        version: int,
+        *,
+        actor: str,
+        action: str = "alias",
+        details: dict[str, Any] | None = None,
+    ) -> int | None:
+        """Point ``name@alias`` at ``version`` (which must be registered) and record the move;
+        returns the version it pointed to before (None for a new alias)."""
+        self.get_model_version(name, version)
+        try:
+            with self.session() as session:
+                pointer = session.scalar(
+                    select(ModelAlias)
+                    .where(ModelAlias.name == name, ModelAlias.alias == alias)
+                    .with_for_update()
+                )
+                previous = pointer.version if pointer is not None else None
+                if pointer is None:
+                    session.add(ModelAlias(name=name, alias=alias, version=version))
+                else:
+                    pointer.version, pointer.updated_at = version, time.time()
+                session.add(
+                    ModelAliasEvent(
+                        name=name, alias=alias, from_version=previous, to_version=version, action=action,
+                        actor=actor, details=details or {},
+                    )
+                )  # fmt: skip
+        except IntegrityError:
+            raise InvalidRequestError(f"{name}@{alias} was being moved by someone else: try again") from None
+        return previous
+
+    def rollback_model_alias(self, name: str, alias: str, *, actor: str) -> tuple[int, int]:
+        """Move ``name@alias`` back to the version it held before its last move; (from, to)."""
+        history = self.model_alias_events(name, alias)
+        if not history:
+            raise NotFoundError(f"model {name} has no alias {alias!r}: see `raylane models show {name}`")
+        last = history[-1]
+        if last.from_version is None:
+            raise InvalidRequestError(
+                f"{name}@{alias} has pointed only at {last.to_version}: nothing to roll back to"
+            )
+        self.set_model_alias(name, alias, last.from_version, actor=actor, action="rollback")
+        return last.to_version, last.from_version
+
+    def model_aliases(self, name: str | None = None) -> dict[str, dict[str, int]]:
+        """Model name -> {alias: version}, for one model or all."""
+        query = select(ModelAlias).order_by(ModelAlias.name, ModelAlias.alias)
+        query = query.where(ModelAlias.name == name) if name is not None else query
+        aliases: dict[str, dict[str, int]] = {}
+        with self.session() as session:
+            for row in session.scalars(query):
+                aliases.setdefault(row.name, {})[row.alias] = row.version
+        return aliases
+
+    def model_alias_events(self, name: str, alias: str | None = None) -> list[ModelAliasEvent]:
+        """Every move of a model's aliases (or of one), oldest first."""
+        query = select(ModelAliasEvent).where(ModelAliasEvent.name == name)
+        query = query.where(ModelAliasEvent.alias == alias) if alias is not None else query
+        with self.session() as session:
+            return list(session.scalars(query.order_by(ModelAliasEvent.id)))
 
     def list_model_versions(self) -> list[ModelVersion]:
         """Every registered version, by name then version."""

@@ -98,6 +98,36 @@ def test_model_versions_count_up(store: MetadataStore):
         store.get_model_version("tiny", 9)
 
 
+def test_aliases_move_with_an_audit_trail_and_roll_back(store: MetadataStore):
+    for version in (1, 2, 3):
+        store.add_model_version("llm", version, f"file:///v{version}", "/src", {})
+    assert store.set_model_alias("llm", "prod", 1, actor="ann") is None
+    assert store.set_model_alias("llm", "prod", 3, actor="bob", details={"why": "better"}) == 1
+    store.set_model_alias("llm", "staging", 2, actor="ann")
+    assert store.get_model_version("llm", alias="prod").version == 3
+    assert store.model_aliases() == {"llm": {"prod": 3, "staging": 2}}
+    assert store.rollback_model_alias("llm", "prod", actor="cat") == (3, 1)
+    assert store.get_model_version("llm", alias="prod").uri == "file:///v1"
+    moves = [
+        (e.alias, e.from_version, e.to_version, e.action, e.actor) for e in store.model_alias_events("llm")
+    ]
+    assert moves == [
+        ("prod", None, 1, "alias", "ann"),
+        ("prod", 1, 3, "alias", "bob"),
+        ("staging", None, 2, "alias", "ann"),
+        ("prod", 3, 1, "rollback", "cat"),
+    ]
+    assert store.model_alias_events("llm", "prod")[1].details == {"why": "better"}
+    with pytest.raises(NotFoundError, match="no registered model llm@9"):
+        store.set_model_alias("llm", "prod", 9, actor="ann")  # only registered versions
+    with pytest.raises(NotFoundError, match="model llm has no alias 'canary'"):
+        store.get_model_version("llm", alias="canary")
+    with pytest.raises(InvalidRequestError, match="has pointed only at 2: nothing to roll back to"):
+        store.rollback_model_alias("llm", "staging", actor="ann")
+    with pytest.raises(NotFoundError, match="no alias 'canary'"):
+        store.rollback_model_alias("llm", "canary", actor="ann")
+
+
 def test_bad_database_url_is_a_config_error():
     from raylane.errors import ConfigError
 

@@ -1,13 +1,17 @@
-"""``raylane models``: make, register and list models in the registry.
+"""``raylane models``: make, register, list and alias models in the registry.
 
 Example:
     $ raylane models make-tiny .raylane/models/tiny
     $ raylane models register tiny .raylane/models/tiny
     $ raylane models list
+    $ raylane models alias tiny@2 prod        # deploy `source: tiny@prod` to serve it
+    $ raylane models rollback tiny prod       # back to the version prod pointed to before
+    $ raylane models show tiny
 """
 
 from __future__ import annotations
 
+import getpass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +20,7 @@ from rich.table import Table
 
 from raylane.cli.common import ConfigOption, JsonOption, fmt_time, load, metadata_store, out
 
-models_app = typer.Typer(help="Make, register and list models.", no_args_is_help=True)
+models_app = typer.Typer(help="Make, register, list and alias models.", no_args_is_help=True)
 
 
 @models_app.command("make-tiny")
@@ -62,11 +66,14 @@ def models_list(config_path: ConfigOption = None, as_json: JsonOption = False) -
     if as_json:
         out.print_json(data=rows)
         return
-    table = Table("model", "kind", "flavor", "signature", "uri", "created", box=None, pad_edge=False)
+    table = Table(
+        "model", "kind", "flavor", "signature", "aliases", "uri", "created", box=None, pad_edge=False
+    )
     for row in rows:
         table.add_row(
-            row["model"], row["kind"], row["flavor"], _signature(row), row["uri"], fmt_time(row["created_at"])
-        )
+            row["model"], row["kind"], row["flavor"], _signature(row), ", ".join(row["aliases"]), row["uri"],
+            fmt_time(row["created_at"]),
+        )  # fmt: skip
     out.print(table)
 
 
@@ -79,3 +86,67 @@ def _signature(row: dict[str, Any]) -> str:
         return ", ".join(f"{t['name']} {t['datatype']}[{','.join(map(str, t['shape']))}]" for t in specs)
 
     return f"{tensors(row['inputs'])} -> {', '.join(t['name'] for t in row['outputs'])}"
+
+
+@models_app.command("alias")
+def models_alias(
+    target: Annotated[str, typer.Argument(help="The version to point at: NAME@N (or NAME@ALIAS).")],
+    alias: Annotated[str, typer.Argument(help="The alias: prod, staging, any name starting with a letter.")],
+    config_path: ConfigOption = None,
+) -> None:
+    """Point NAME@ALIAS at a version; deployments of NAME@ALIAS load it when next deployed."""
+    from raylane.models.registry import set_alias
+
+    name, before, now = set_alias(metadata_store(config_path), target, alias, actor=getpass.getuser())
+    was = f" (was {before})" if before is not None else ""
+    out.print(f"{name}@{alias} -> {now}{was}")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    name: Annotated[str, typer.Argument(help="Registry name.")],
+    alias: Annotated[str, typer.Argument(help="The alias to move back, e.g. prod.")],
+    config_path: ConfigOption = None,
+) -> None:
+    """Move NAME@ALIAS back to the version it pointed to before its last move."""
+    before, now = metadata_store(config_path).rollback_model_alias(name, alias, actor=getpass.getuser())
+    out.print(f"{name}@{alias} -> {now} (was {before})")
+
+
+@models_app.command("show")
+def models_show(
+    name: Annotated[str, typer.Argument(help="Registry name.")],
+    config_path: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """A model's versions (kind, aliases, lineage, metrics) and every move of its aliases."""
+    from raylane.errors import NotFoundError
+    from raylane.models.registry import list_models
+
+    db = metadata_store(config_path)
+    versions = list_models(db, name)
+    if not versions:
+        raise NotFoundError(f"no registered model {name}: see `raylane models list`")
+    moves = [
+        {"alias": e.alias, "from": e.from_version, "to": e.to_version, "action": e.action, "actor": e.actor,
+         "at": e.at}
+        for e in db.model_alias_events(name)
+    ]  # fmt: skip
+    if as_json:
+        out.print_json(data={"versions": versions, "alias_moves": moves})
+        return
+    table = Table("model", "kind", "aliases", "lineage", "metrics", "created", box=None, pad_edge=False)
+    for row in versions:
+        lineage = row["lineage"]
+        origin = ", ".join(f"{k} {lineage[k]}" for k in ("run", "dataset", "parent") if lineage.get(k))
+        metrics = ", ".join(f"{k} {v:.4g}" for k, v in (lineage.get("metrics") or {}).items())
+        table.add_row(row["model"], row["kind"], ", ".join(row["aliases"]), origin, metrics,
+                      fmt_time(row["created_at"]))  # fmt: skip
+    out.print(table)
+    if moves:
+        history = Table("alias", "from", "to", "action", "by", "at", box=None, pad_edge=False)
+        for e in db.model_alias_events(name):
+            history.add_row(
+                e.alias, str(e.from_version or "-"), str(e.to_version), e.action, e.actor, fmt_time(e.at)
+            )
+        out.print(history)

@@ -79,7 +79,9 @@ def _print_summary(summary: dict, *, as_json: bool, quiet: bool) -> None:
         console.print(f"base URL     {summary['base_url']}")
         if "v2_url" in summary:
             console.print(f"v2 URL       {summary['v2_url']}  (predictors: Open Inference Protocol)")
-        console.print(f"models       {', '.join(summary['models'])}")
+        sources = summary.get("sources", {})
+        named = [f"{name}={sources[name]}" if name in sources else name for name in summary["models"]]
+        console.print(f"models       {', '.join(named)}")
         if summary["message"]:
             console.print(f"message      {summary['message']}")
     table = Table("deployment", "status", "replicas", "message", box=None, pad_edge=False)

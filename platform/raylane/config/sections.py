@@ -208,9 +208,14 @@ class ModelConfig(_Model):
 
     name: str = Field(description="The model id clients send as `model`.", min_length=1)
     source: str = Field(
-        description="A local path, an s3:// URI, a registry name `name@version`, or a Hugging Face hub id "
-        "`org/name` (from the hub cache, downloaded there when the hub is reachable; a project folder "
-        "of that name wins)."
+        description="A local path, an s3:// URI, a registry name `name`, `name@version` or `name@alias` "
+        "(resolved to one version when deployed), or a Hugging Face hub id `org/name` (from the hub "
+        "cache, downloaded there when the hub is reachable; a project folder of that name wins)."
+    )
+    follows: str | None = Field(
+        None,
+        description="Set by `raylane serve deploy`: the registry name or alias (`name@prod`) the "
+        "deployed `name@version` was resolved from.",
     )
     task: Literal["generate", "embed", "predict"] = Field(
         "generate",

@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from raylane.artifacts.refs import model_path, parse_ref, version_folder
+from raylane.artifacts.refs import is_alias, model_path, parse_ref, version_folder
 from raylane.config import RaylaneConfig, is_hub_id, is_model_path
 from raylane.db import MetadataStore
 from raylane.errors import InvalidRequestError, NotFoundError
@@ -35,13 +35,19 @@ HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktok
 LOCAL_CACHE = Path(os.environ.get("RAYLANE_MODEL_CACHE", f"/tmp/raylane-models-{os.getuid()}"))
 
 
-def register(store: Storage, db: MetadataStore, name: str, source: str) -> tuple[int, str]:
-    """Copy a model directory (local path or storage URI) into storage and record a new version."""
+def register(
+    store: Storage, db: MetadataStore, name: str, source: str, lineage: dict[str, Any] | None = None
+) -> tuple[int, str]:
+    """Copy a model directory (local path or storage URI) into storage and record a new version;
+    ``lineage`` (what a training job knows: run, checkpoint, dataset, parent model, metrics) is kept
+    with it."""
     if "@" in name or "/" in name or not name:
         raise InvalidRequestError(f"bad model name {name!r}: no '@' or '/'")
     src_fs, src_path = _source_location(store, source)
     files = [i for i in src_fs.get_file_info(pafs.FileSelector(src_path, recursive=True)) if i.is_file]
     details = _describe(src_fs, src_path, files, source)
+    if lineage:
+        details["lineage"] = lineage
     version = db.next_model_version(name)
     with store.publish(model_path(name), version_folder(version)) as pub:
         pafs.copy_files(
@@ -100,7 +106,7 @@ def resolve_local_path(store: Storage, db: MetadataStore | None, source: str) ->
                 f"{source}: a registry name needs the metadata DB; pass its URI instead"
             )
         ref = parse_ref(source, "model")
-        row = db.get_model_version(ref.name, ref.version)
+        row = db.get_model_version(ref.name, ref.version, ref.alias)
         uri, cache_name = row.uri, f"{ref.name}@{row.version}"
     fs, path = store.resolve(uri)
     if isinstance(fs, pafs.LocalFileSystem):
@@ -127,10 +133,49 @@ def resolve_model_source(config: RaylaneConfig, source: str) -> str:
 def registry_version(config: RaylaneConfig, source: str) -> str | None:
     """The registry version a model source resolves to (``digits`` -> the newest, e.g. ``"3"``);
     None for a source outside the registry (a path, a URI, a hub id)."""
-    if source.startswith(("s3://", "file://")) or is_model_path(source):
+    if not is_registry_name(source):
         return None
     ref = parse_ref(source, "model")
-    return str(MetadataStore.from_config(config).get_model_version(ref.name, ref.version).version)
+    return str(MetadataStore.from_config(config).get_model_version(ref.name, ref.version, ref.alias).version)
+
+
+def is_registry_name(source: str) -> bool:
+    """Whether a model source names the registry (``NAME``, ``NAME@N``, ``NAME@ALIAS``), not a path,
+    a URI or a hub id.
+
+    Example:
+        >>> is_registry_name("demo-llm@prod"), is_registry_name("./models/tiny"), is_registry_name("s3://b/m")
+        (True, False, False)
+    """
+    return "://" not in source and not is_model_path(source)
+
+
+def pin_registry_sources(config: RaylaneConfig) -> RaylaneConfig:
+    """The config with each model named by registry name or alias pinned to the version it points
+    to now (``demo-llm@prod`` -> ``demo-llm@3`` with ``follows: demo-llm@prod``), so every replica,
+    one started after the alias moved included, loads the same files; deploying again follows it.
+
+    Example:
+        >>> config = RaylaneConfig.model_validate({"models": [{"name": "t", "source": "/m"}]})
+        >>> pin_registry_sources(config).models[0].source
+        '/m'
+    """
+    floating = [
+        m
+        for m in config.models
+        if is_registry_name(m.source) and parse_ref(m.source, "model").version is None
+    ]
+    if not floating:
+        return config
+    db = MetadataStore.from_config(config)
+    pinned = {}
+    for model in floating:
+        ref = parse_ref(model.source, "model")
+        version = db.get_model_version(ref.name, ref.version, ref.alias).version
+        pinned[model.name] = model.model_copy(
+            update={"source": f"{ref.name}@{version}", "follows": model.source}
+        )
+    return config.model_copy(update={"models": [pinned.get(m.name, m) for m in config.models]})
 
 
 def hub_snapshot(repo_id: str) -> Path:
@@ -153,10 +198,15 @@ def hub_snapshot(repo_id: str) -> Path:
         ) from None
 
 
-def list_models(db: MetadataStore) -> list[dict[str, Any]]:
-    """Registered versions as plain rows: kind (``llm`` or ``predictor``), flavor and signature."""
+def list_models(db: MetadataStore, name: str | None = None) -> list[dict[str, Any]]:
+    """Registered versions as plain rows: kind (``llm`` or ``predictor``), flavor, signature, the
+    aliases pointing at each and its lineage (run, dataset, parent model, metrics) when a training
+    job registered it."""
+    aliases = db.model_aliases(name)
     rows = []
     for row in db.list_model_versions():
+        if name is not None and row.name != name:
+            continue
         details = row.details or {}
         kind = details.get("kind", "llm")  # versions registered before predictors existed are LLMs
         rows.append(
@@ -166,9 +216,34 @@ def list_models(db: MetadataStore) -> list[dict[str, Any]]:
                 "flavor": details.get("flavor", "transformers" if kind == "llm" else ""),
                 "inputs": details.get("inputs", []),
                 "outputs": details.get("outputs", []),
+                "aliases": sorted(a for a, v in aliases.get(row.name, {}).items() if v == row.version),
+                "lineage": details.get("lineage", {}),
                 "uri": row.uri,
                 "source": row.source,
                 "created_at": row.created_at,
             }
         )
     return rows
+
+
+def set_alias(db: MetadataStore, target: str, alias: str, *, actor: str) -> tuple[str, int | None, int]:
+    """Point ``alias`` of a model at a version (``target``: ``NAME@N``, or ``NAME@OTHER-ALIAS`` to copy
+    one); returns (name, the version it pointed to before or None, the version now).
+
+    Example:
+        >>> db = MetadataStore("sqlite://")
+        >>> db.add_model_version("m", 1, "file:///m/v1", "/m", {})
+        >>> set_alias(db, "m@1", "prod", actor="ops")
+        ('m', None, 1)
+    """
+    ref = parse_ref(target, "model")
+    if ref.version is None and ref.alias is None:
+        raise InvalidRequestError(
+            f"{target!r}: name the version the alias should point to, e.g. {ref.name}@3"
+        )
+    if not is_alias(alias):
+        raise InvalidRequestError(
+            f"bad alias {alias!r}: a name that starts with a letter (prod, staging), not a number or 'latest'"
+        )
+    version = db.get_model_version(ref.name, ref.version, ref.alias).version
+    return ref.name, db.set_model_alias(ref.name, alias, version, actor=actor), version

@@ -269,7 +269,7 @@ def run_score(config: RaylaneConfig, params: ScoreParams) -> dict[str, Any]:
     started = time.perf_counter()
     store = Storage.from_config(config)
     ref = parse_ref(params.model, "model")
-    registered = MetadataStore.from_config(config).get_model_version(ref.name, ref.version)
+    registered = MetadataStore.from_config(config).get_model_version(ref.name, ref.version, ref.alias)
     # Read here first: an LLM or a broken model is one clear error, not a failure in every actor.
     manifest = read_manifest(resolve_local_path(store, None, registered.uri))
     if clash := {params.output_prefix + t.name for t in manifest.outputs} & set(params.keep):

@@ -23,6 +23,7 @@ from raylane.cluster import applications as cluster_applications
 from raylane.cluster import connect
 from raylane.config import RaylaneConfig, describe_validation_error, model_source_from, read_yaml_mapping
 from raylane.errors import ClusterError, ConfigError, InvalidRequestError, NotFoundError
+from raylane.models.registry import pin_registry_sources
 
 IMPORT_PATH = "raylane.serve:build_app"
 PREDICT_IMPORT_PATH = "raylane.predict.app:build_predict_app"
@@ -198,6 +199,7 @@ def deploy(
     """Deploy (or update) the serving application; with ``wait``, return once it is RUNNING."""
     if not config.models:
         raise ConfigError("no models to serve: add `models:` to raylane.yaml or pass --model NAME=SOURCE")
+    config = pin_registry_sources(config)  # every replica loads the version an alias names now
     client = _client(config)
     details = _details(client)
     ours = applications(config, config.job_dict())
@@ -254,9 +256,13 @@ def summarize(config: RaylaneConfig, apps: dict[str, dict[str, Any]]) -> dict[st
     applications (by name) together."""
     statuses = [app.get("status") for app in apps.values()]
     models: list[str] = []
+    versions: dict[str, str] = {}
     for app in apps.values():
         deployed = app.get("deployed_app_config") or {}
         args = deployed.get("args") or {}
+        for model in args.get("models", []):
+            follows = f" (follows {model['follows']})" if model.get("follows") else ""
+            versions[model["name"]] = f"{model['source']}{follows}"
         if deployed.get("import_path") == IMPORT_PATH:
             models += [m.get("name") for m in args.get("models", []) if m.get("task") != "predict"]
         elif deployed.get("import_path") == MODEL_IMPORT_PATH:
@@ -267,6 +273,7 @@ def summarize(config: RaylaneConfig, apps: dict[str, dict[str, Any]]) -> dict[st
         "message": "; ".join(app["message"] for app in apps.values() if app.get("message")),
         "base_url": base_url(config),
         "models": models,
+        "sources": {name: versions[name] for name in models if name in versions},
         "deployments": [d for app in apps.values() for d in _deployments(app)],
     }
     if app_names(config)[1] in apps:

@@ -43,10 +43,15 @@ def export_checkpoint(checkpoint, directory: Path, store: Storage, tokenizer_pre
 
 
 def export_and_register(
-    checkpoint, store: Storage, db: MetadataStore, name: str, tokenizer_prefix: str
+    checkpoint,
+    store: Storage,
+    db: MetadataStore,
+    name: str,
+    tokenizer_prefix: str,
+    lineage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Export a checkpoint and register it as the next ``name@version``."""
+    """Export a checkpoint and register it as the next ``name@version`` (with its ``lineage``)."""
     with tempfile.TemporaryDirectory(prefix="raylane-export-") as workdir:
         directory = export_checkpoint(checkpoint, Path(workdir), store, tokenizer_prefix)
-        version, uri = register(store, db, name, str(directory))
+        version, uri = register(store, db, name, str(directory), lineage)
     return {"model": f"{name}@{version}", "model_uri": uri}

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from raylane import lanes
-from raylane.artifacts.refs import dataset_path, parse_ref
+from raylane.artifacts.refs import dataset_path, parse_ref, published_ref
 from raylane.artifacts.tokenizer import special_token_ids
 from raylane.config import RaylaneConfig
 from raylane.data.runs import status
@@ -49,7 +49,7 @@ def model_spec(store: Storage, db: MetadataStore, params: TrainParams, manifest:
     tokenizer = store.read_bytes(f"{manifest['data_prefix']}/{manifest['tokenizer']}/tokenizer.json").decode()
     if params.init_from:
         base_model = parse_ref(params.init_from, "model")
-        row = db.get_model_version(base_model.name, base_model.version)
+        row = db.get_model_version(base_model.name, base_model.version, base_model.alias)
         fs, path = store.resolve(row.uri)
         with fs.open_input_stream(f"{path}/config.json") as f:
             base = json.loads(f.read())
@@ -177,7 +177,10 @@ def publish_llm(
     status(f"export: step {metrics.get('step')}, loss {metrics.get('first_loss')} -> {metrics.get('loss')}")
     tokenizer_prefix = f"{manifest['data_prefix']}/{manifest['tokenizer']}"
     db = MetadataStore.from_config(config)
-    registered = export_and_register(checkpoint, store, db, params.output_model, tokenizer_prefix)
+    dataset = published_ref(parse_ref(params.dataset, "dataset").name, manifest["version"])
+    scores = {k: metrics.get(k) for k in ("val_loss", "loss", "step")}
+    origin = runs.lineage(checkpoint, scores, dataset=dataset, parent=_pinned(db, params.init_from))
+    registered = export_and_register(checkpoint, store, db, params.output_model, tokenizer_prefix, origin)
     status(f"registered {registered['model']}")
     return {
         "steps": metrics.get("step"),
@@ -189,6 +192,14 @@ def publish_llm(
         "checkpoint": checkpoint.path,
         **registered,
     }
+
+
+def _pinned(db: MetadataStore, model: str | None) -> str | None:
+    """``NAME@N`` for a registered model reference (an alias or the newest resolved now)."""
+    if model is None:
+        return None
+    ref = parse_ref(model, "model")
+    return f"{ref.name}@{db.get_model_version(ref.name, ref.version, ref.alias).version}"
 
 
 def run_training(config: RaylaneConfig, params: TrainParams) -> dict[str, Any]:

@@ -66,6 +66,26 @@ def run_config(
     )
 
 
+def lineage(checkpoint: Any, metrics: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """What the registry keeps of where a model came from: its run (the checkpoint's folder), the
+    checkpoint, ``metrics`` (numbers only) and ``more`` (dataset, parent model) when known.
+
+    Example:
+        >>> class Checkpoint: path = "/s/train/runs/digits-1/checkpoint_000"
+        >>> origin = lineage(Checkpoint(), {"test_accuracy": 0.97, "note": "x"}, parent=None)
+        >>> origin["run"], origin["metrics"], sorted(origin)
+        ('digits-1', {'test_accuracy': 0.97}, ['checkpoint', 'metrics', 'run'])
+    """
+    path = str(checkpoint.path)
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return {
+        "run": path.rstrip("/").rsplit("/", 2)[-2],
+        "checkpoint": path,
+        "metrics": numbers,
+        **{k: v for k, v in more.items() if v is not None},
+    }
+
+
 def fit(trainer: Any, name: str) -> Any:
     """``trainer.fit()``'s result, or a :class:`JobError` naming the run when it has no checkpoint."""
     result = trainer.fit()

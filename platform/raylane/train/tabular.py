@@ -188,7 +188,9 @@ def publish_tabular(
             "(scikit-learn's breast cancer set, in its column order).",
         )
         store = Storage.from_config(config)
-        version, uri = register(store, MetadataStore.from_config(config), params.output_model, folder)
+        scores = {"test_auc": auc, "validation_logloss": metrics.get("validation_logloss")}
+        origin = runs.lineage(checkpoint, scores)
+        version, uri = register(store, MetadataStore.from_config(config), params.output_model, folder, origin)
     status(f"registered {params.output_model}@{version}: test AUC {auc:.4f}")
     return {
         "rounds": booster.num_boosted_rounds(),

@@ -215,7 +215,8 @@ def publish_vision(
     store = Storage.from_config(config)
     with tempfile.TemporaryDirectory(prefix="raylane-export-") as folder:
         export_classifier(checkpoint, params.channels, Path(folder))
-        version, uri = register(store, MetadataStore.from_config(config), params.output_model, folder)
+        origin = runs.lineage(checkpoint, {k: metrics.get(k) for k in ("test_accuracy", "loss", "epoch")})
+        version, uri = register(store, MetadataStore.from_config(config), params.output_model, folder, origin)
     accuracy = metrics.get("test_accuracy")
     status(f"registered {params.output_model}@{version}: test accuracy {accuracy:.3f}")
     return {

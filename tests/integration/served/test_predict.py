@@ -55,6 +55,9 @@ def test_serve_status_lists_both_applications_and_the_v2_url(v2: V2):
     status = json.loads(v2.deployment.project.cli("serve", "status", "--json").stdout)
     assert status["status"] == "RUNNING" and status["v2_url"] == v2.root
     assert sorted(status["models"]) == ["cancer", "cancer-xgb", "digits", "minilm", "tiny"]
+    # an alias is resolved once, at deploy time: every replica loads the version it named then
+    assert status["sources"]["digits"] == "digits@1 (follows digits@prod)"
+    assert status["sources"]["cancer-xgb"] == "cancer-xgb@1" and status["sources"]["tiny"] == "tiny-reg@1"
     apps = {app.strip() for app in status["app"].split(",")}
     assert apps == {
         "raylane",

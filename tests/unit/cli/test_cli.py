@@ -83,3 +83,32 @@ def test_the_metadata_db_and_state_the_cli_writes_are_private(tmp_path: Path):
     state = tmp_path / ".raylane" / "state"
     assert (state / "raylane.db").stat().st_mode & 0o777 == 0o600
     assert state.stat().st_mode & 0o077 == 0
+
+
+def test_models_alias_show_and_rollback_from_the_cli(tmp_path: Path):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    for _ in range(2):
+        assert run_cli("models", "register", "llm", str(model), cwd=tmp_path).returncode == 0
+    moved = run_cli("models", "alias", "llm@1", "prod", cwd=tmp_path)
+    assert moved.returncode == 0 and moved.stdout.strip() == "llm@prod -> 1"
+    assert run_cli("models", "alias", "llm@2", "prod", cwd=tmp_path).stdout.strip() == "llm@prod -> 2 (was 1)"
+    shown = json.loads(run_cli("models", "show", "llm", "--json", cwd=tmp_path).stdout)
+    assert [(v["model"], v["aliases"]) for v in shown["versions"]] == [("llm@1", []), ("llm@2", ["prod"])]
+    assert [(m["from"], m["to"], m["action"]) for m in shown["alias_moves"]] == [
+        (None, 1, "alias"),
+        (1, 2, "alias"),
+    ]
+    back = run_cli("models", "rollback", "llm", "prod", cwd=tmp_path)
+    assert back.returncode == 0 and back.stdout.strip() == "llm@prod -> 1 (was 2)"
+    table = run_cli("models", "show", "llm", cwd=tmp_path).stdout
+    assert "rollback" in table and "llm@1" in table
+    for args, message in [
+        (("models", "alias", "llm@7", "prod"), "no registered model llm@7"),
+        (("models", "alias", "llm@1", "9x"), "bad alias '9x'"),
+        (("models", "show", "nope"), "no registered model nope"),
+    ]:
+        refused = run_cli(*args, cwd=tmp_path)
+        assert refused.returncode != 0 and message in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr

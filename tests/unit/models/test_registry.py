@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from raylane.config import RaylaneConfig
 from raylane.db import MetadataStore
 from raylane.errors import InvalidRequestError, NotFoundError
-from raylane.models.registry import register, resolve_local_path
+from raylane.models.registry import list_models, pin_registry_sources, register, resolve_local_path, set_alias
 from raylane.storage import Storage
 from tests.harness import plant_in_hub_cache
 
@@ -79,3 +80,48 @@ def test_a_project_folder_named_like_a_hub_id_wins(tmp_path: Path, model_dir: Pa
     models = [{"name": "a", "source": "acme/tiny-chat"}, {"name": "b", "source": "acme/elsewhere"}]
     config = RaylaneConfig.model_validate({"project_dir": str(tmp_path), "models": models})
     assert [m.source for m in config.models] == [str(tmp_path / "acme" / "tiny-chat"), "acme/elsewhere"]
+
+
+def test_an_alias_resolves_to_its_version_and_shows_on_it(parts, model_dir: Path):
+    store, db = parts
+    register(store, db, "tiny", str(model_dir))
+    register(store, db, "tiny", str(model_dir), lineage={"run": "tiny-1", "metrics": {"val_loss": 2.5}})
+    assert set_alias(db, "tiny@1", "prod", actor="ops") == ("tiny", None, 1)
+    assert set_alias(db, "tiny@prod", "canary", actor="ops") == ("tiny", None, 1)  # copy another alias
+    assert resolve_local_path(store, db, "tiny@prod") == resolve_local_path(store, db, "tiny@1")
+    rows = {row["model"]: row for row in list_models(db, "tiny")}
+    assert rows["tiny@1"]["aliases"] == ["canary", "prod"] and rows["tiny@2"]["aliases"] == []
+    assert rows["tiny@2"]["lineage"] == {"run": "tiny-1", "metrics": {"val_loss": 2.5}}
+    for target, alias, message in [
+        ("tiny", "prod", "name the version the alias should point to, e.g. tiny@3"),
+        ("tiny@2", "latest", "bad alias 'latest'"),
+        ("tiny@2", "3", "bad alias '3'"),
+    ]:
+        with pytest.raises(InvalidRequestError, match=message):
+            set_alias(db, target, alias, actor="ops")
+
+
+def test_deploying_pins_registry_names_and_aliases_to_one_version(parts, model_dir: Path, tmp_path: Path):
+    store, db = parts
+    register(store, db, "tiny", str(model_dir))
+    register(store, db, "tiny", str(model_dir))
+    set_alias(db, "tiny@1", "prod", actor="ops")
+    config = RaylaneConfig.model_validate(
+        {
+            "storage": {"root": store.root_uri},
+            "database": {"url": db.url},
+            "models": [
+                {"name": "a", "source": "tiny@prod"},
+                {"name": "b", "source": "tiny"},
+                {"name": "c", "source": "tiny@2"},
+                {"name": "d", "source": str(model_dir)},
+            ],
+        }
+    )
+    pinned = {m.name: (m.source, m.follows) for m in pin_registry_sources(config).models}
+    assert pinned == {
+        "a": ("tiny@1", "tiny@prod"),
+        "b": ("tiny@2", "tiny"),
+        "c": ("tiny@2", None),
+        "d": (str(model_dir), None),
+    }
