@@ -173,6 +173,20 @@ class ModelAliasEvent(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class ModelEval(Base):
+    """One evaluation of a model version on a dataset: the metrics a promotion gate compares."""
+
+    __tablename__ = "model_evals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    dataset: Mapped[str] = mapped_column(String(1024))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
 class FileRecord(Base):
     """A file of the Files API (batch input, output and error files); its bytes live in storage."""
 
@@ -516,6 +530,24 @@ class MetadataStore:
         query = query.where(ModelAliasEvent.alias == alias) if alias is not None else query
         with self.session() as session:
             return list(session.scalars(query.order_by(ModelAliasEvent.id)))
+
+    def add_model_eval(
+        self, name: str, version: int, dataset: str, metrics: dict[str, float], details: dict[str, Any]
+    ) -> int:
+        """Record an evaluation of ``name@version`` (which must be registered); returns its id."""
+        self.get_model_version(name, version)
+        with self.session() as session:
+            row = ModelEval(name=name, version=version, dataset=dataset, metrics=metrics, details=details)
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def model_evals(self, name: str, version: int | None = None) -> list[ModelEval]:
+        """Evaluations of a model (or of one version), oldest first."""
+        query = select(ModelEval).where(ModelEval.name == name)
+        query = query.where(ModelEval.version == version) if version is not None else query
+        with self.session() as session:
+            return list(session.scalars(query.order_by(ModelEval.id)))
 
     def list_model_versions(self) -> list[ModelVersion]:
         """Every registered version, by name then version."""

@@ -6,6 +6,7 @@ Example:
     $ raylane models list
     $ raylane models alias tiny@2 prod        # deploy `source: tiny@prod` to serve it
     $ raylane models rollback tiny prod       # back to the version prod pointed to before
+    $ raylane models promote digits@3 --alias prod --gate "accuracy>=prod-0.01"
     $ raylane models show tiny
 """
 
@@ -119,7 +120,8 @@ def models_show(
     config_path: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """A model's versions (kind, aliases, lineage, metrics) and every move of its aliases."""
+    """A model's versions (kind, aliases, lineage, metrics), its eval records and every move of its
+    aliases (promotions with their gates, rollbacks)."""
     from raylane.errors import NotFoundError
     from raylane.models.registry import list_models
 
@@ -132,8 +134,18 @@ def models_show(
          "at": e.at}
         for e in db.model_alias_events(name)
     ]  # fmt: skip
+    evals = [
+        {
+            "id": e.id,
+            "model": f"{e.name}@{e.version}",
+            "dataset": e.dataset,
+            "metrics": e.metrics,
+            "at": e.created_at,
+        }
+        for e in db.model_evals(name)
+    ]
     if as_json:
-        out.print_json(data={"versions": versions, "alias_moves": moves})
+        out.print_json(data={"versions": versions, "alias_moves": moves, "evals": evals})
         return
     table = Table("model", "kind", "aliases", "lineage", "metrics", "created", box=None, pad_edge=False)
     for row in versions:
@@ -143,6 +155,15 @@ def models_show(
         table.add_row(row["model"], row["kind"], ", ".join(row["aliases"]), origin, metrics,
                       fmt_time(row["created_at"]))  # fmt: skip
     out.print(table)
+    if evals:
+        records = Table("eval", "model", "dataset", "metrics", "at", box=None, pad_edge=False)
+        for record in db.model_evals(name):
+            metrics = ", ".join(f"{k} {v:.4g}" for k, v in record.metrics.items())
+            records.add_row(
+                str(record.id), f"{record.name}@{record.version}", record.dataset, metrics,
+                fmt_time(record.created_at),
+            )  # fmt: skip
+        out.print(records)
     if moves:
         history = Table("alias", "from", "to", "action", "by", "at", box=None, pad_edge=False)
         for e in db.model_alias_events(name):
@@ -150,3 +171,24 @@ def models_show(
                 e.alias, str(e.from_version or "-"), str(e.to_version), e.action, e.actor, fmt_time(e.at)
             )
         out.print(history)
+
+
+@models_app.command("promote")
+def models_promote(
+    target: Annotated[str, typer.Argument(help="The candidate version: NAME@N.")],
+    alias: Annotated[str, typer.Option("--alias", help="The alias to move, e.g. prod.")],
+    gate: Annotated[
+        list[str] | None,
+        typer.Option("--gate", help="METRIC OP BOUND, e.g. accuracy>=prod-0.01 (repeatable; all must pass)."),
+    ] = None,
+    config_path: ConfigOption = None,
+) -> None:
+    """Move an alias to a candidate version if its eval records pass every gate (else change nothing)."""
+    from raylane.models.promotion import parse_gate, promote
+
+    gates = [parse_gate(text) for text in gate or []]
+    moved = promote(metadata_store(config_path), target, alias, gates, actor=getpass.getuser())
+    for check in moved["checks"]:
+        out.print(f"gate {check['why']}: passed")
+    was = f" (was {moved['from']})" if moved["from"] is not None else ""
+    out.print(f"{moved['model']}@{alias} -> {moved['to']}{was}")

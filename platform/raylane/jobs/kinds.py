@@ -12,7 +12,7 @@ Example:
     >>> kind("etl").name  # the corpus job's old name, still accepted (job specs warn about it)
     'corpus'
     >>> sorted(KINDS)
-    ['batch', 'corpus', 'docs', 'score', 'smoke', 'tabular', 'train', 'tune', 'vision']
+    ['batch', 'corpus', 'docs', 'eval', 'score', 'smoke', 'tabular', 'train', 'tune', 'vision']
 """
 
 from __future__ import annotations
@@ -190,6 +190,13 @@ KINDS: dict[str, JobKind] = {
             params="raylane.predict.score:ScoreParams",
             run="raylane.predict.score:run_score",
             summary="A predictor model over parquet/CSV rows in a Ray Data actor pool -> a scores dataset.",
+        ),
+        JobKind(
+            "eval",
+            lane="batch",
+            params="raylane.predict.evaluate:EvalParams",
+            run="raylane.predict.evaluate:run_eval",
+            summary="A predictor classifier's accuracy, F1 and AUC on labelled rows -> an eval record.",
         ),
         JobKind(
             "batch",

@@ -25,6 +25,7 @@ import fnmatch
 import functools
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,18 +45,16 @@ PATH, ROW, ERROR = "__path", "__row", "__error"  # bookkeeping columns, never pu
 SCORES_DIR = "scores"
 
 
-class ScoreParams(JobParams):
-    """``params:`` of jobs/score.yaml."""
+class RowsParams(JobParams):
+    """What every job that runs a predictor over rows takes: the model, the rows, how columns feed
+    its inputs, and the actor pool (the ``score`` and ``eval`` kinds)."""
 
-    model: str = Field(description="Registered predictor model: NAME (the newest) or NAME@VERSION.")
-    dataset: str | None = Field(None, description="Published dataset to score: NAME or NAME@vN.")
+    model: str = Field(description="Registered predictor model: NAME, NAME@VERSION or NAME@ALIAS.")
+    dataset: str | None = Field(None, description="Published dataset to read: NAME or NAME@vN.")
     input: str | None = Field(None, description="Or: .parquet/.csv files, root-relative or a URI.")
-    output: str = Field(description="Dataset name the scores are published under (datasets/<output>).")
     inputs: dict[str, str | list[str]] = Field(
         default_factory=dict, description="Model input -> column, column list or column pattern."
     )
-    keep: list[str] = Field(default_factory=list, description="Input columns copied beside the scores.")
-    output_prefix: str = Field("", description="Put before each model output's name to name its column.")
     actors: int = Field(1, ge=1, description="Scoring actors (model replicas) in the pool.")
     cpus_per_actor: float = Field(1.0, gt=0, description="Logical CPUs per scoring actor.")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per scoring actor (fractions share one).")
@@ -68,13 +67,21 @@ class ScoreParams(JobParams):
     )
 
     @model_validator(mode="after")
-    def _one_source(self) -> ScoreParams:
+    def _one_source(self) -> RowsParams:
         if (self.dataset is None) == (self.input is None):
             raise ValueError("give exactly one of `dataset` (a published dataset) or `input` (files)")
         return self
 
     def holds(self, config: RaylaneConfig, cluster_cpus: float) -> Holdings:
         return self.actors * self.cpus_per_actor, self.actors * self.gpus_per_actor
+
+
+class ScoreParams(RowsParams):
+    """``params:`` of jobs/score.yaml."""
+
+    output: str = Field(description="Dataset name the scores are published under (datasets/<output>).")
+    keep: list[str] = Field(default_factory=list, description="Input columns copied beside the scores.")
+    output_prefix: str = Field("", description="Put before each model output's name to name its column.")
 
 
 def read_file(batch: dict[str, Any], *, filesystem: Any) -> pa.Table:
@@ -232,7 +239,7 @@ def _column(values: np.ndarray) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1])
 
 
-def input_files(store: Storage, params: ScoreParams) -> tuple[Any, list[str], str]:
+def input_files(store: Storage, params: RowsParams) -> tuple[Any, list[str], str]:
     """The filesystem, the files to score and a description of where they came from."""
     if params.dataset is not None:
         ref = parse_ref(params.dataset, "dataset")
@@ -258,29 +265,45 @@ def input_files(store: Storage, params: ScoreParams) -> tuple[Any, list[str], st
     return fs, [path for path, _ in found], params.input
 
 
-def run_score(config: RaylaneConfig, params: ScoreParams) -> dict[str, Any]:
-    """Score the input with the model on the connected cluster; publish scores and errors."""
-    import ray.data
+@dataclass(frozen=True)
+class Scored:
+    """Rows a predictor went over: the materialized Ray dataset (scored and failed rows), its row
+    count, the failed rows in the errors schema, and where the rows came from."""
 
+    rows: Any
+    total: int
+    errors: pa.Table
+    source: str
+
+    def scores(self) -> Any:
+        """The scored rows only, bookkeeping columns dropped."""
+        return self.rows.map_batches(_scored_rows, batch_format="pyarrow")
+
+
+def load_predictor_version(config: RaylaneConfig, model: str) -> tuple[Any, Any]:
+    """(the registered version, its manifest) of a predictor reference; an LLM or a broken model is
+    one clear error here, not a failure in every actor."""
     from raylane.db import MetadataStore
     from raylane.models.manifest import read_manifest
     from raylane.models.registry import resolve_local_path
 
-    started = time.perf_counter()
-    store = Storage.from_config(config)
-    ref = parse_ref(params.model, "model")
+    ref = parse_ref(model, "model")
     registered = MetadataStore.from_config(config).get_model_version(ref.name, ref.version, ref.alias)
-    # Read here first: an LLM or a broken model is one clear error, not a failure in every actor.
-    manifest = read_manifest(resolve_local_path(store, None, registered.uri))
-    if clash := {params.output_prefix + t.name for t in manifest.outputs} & set(params.keep):
-        raise ConfigError(
-            f"kept column(s) {sorted(clash)} would share a name with the model's outputs: "
-            "set output_prefix (e.g. predicted_)"
-        )
+    return registered, read_manifest(resolve_local_path(Storage.from_config(config), None, registered.uri))
+
+
+def score_rows(
+    config: RaylaneConfig, params: RowsParams, registered: Any, *, keep: list[str], prefix: str, what: str
+) -> Scored:
+    """Run the registered model over the params' rows in an actor pool (``what`` names the job in
+    its log); returns them materialized, with the failed rows, checked against the error budget."""
+    import ray.data
+
+    store = Storage.from_config(config)
     fs, files, source = input_files(store, params)
     runs.status(
-        f"score: {len(files)} file(s) of {source} with {registered.name}@{registered.version} "
-        f"({manifest.flavor}), {params.actors} actor(s)"
+        f"{what}: {len(files)} file(s) of {source} with {registered.name}@{registered.version}, "
+        f"{params.actors} actor(s)"
     )
     read = lanes.task_options(config, "batch", 0.25)
     rows = ray.data.from_items([{"path": p} for p in files]).map_batches(
@@ -292,8 +315,8 @@ def run_score(config: RaylaneConfig, params: ScoreParams) -> dict[str, Any]:
             "config": config.job_dict(),
             "model_uri": registered.uri,
             "inputs": params.inputs,
-            "keep": params.keep,
-            "prefix": params.output_prefix,
+            "keep": keep,
+            "prefix": prefix,
         },
         compute=ray.data.ActorPoolStrategy(size=params.actors),
         batch_size=params.batch_size,
@@ -318,11 +341,27 @@ def run_score(config: RaylaneConfig, params: ScoreParams) -> dict[str, Any]:
         ]
     )
     runs.check_error_budget(errors, total, params.max_error_fraction)
+    return Scored(scored, total, errors, source)
+
+
+def run_score(config: RaylaneConfig, params: ScoreParams) -> dict[str, Any]:
+    """Score the input with the model on the connected cluster; publish scores and errors."""
+    started = time.perf_counter()
+    store = Storage.from_config(config)
+    registered, manifest = load_predictor_version(config, params.model)
+    if clash := {params.output_prefix + t.name for t in manifest.outputs} & set(params.keep):
+        raise ConfigError(
+            f"kept column(s) {sorted(clash)} would share a name with the model's outputs: "
+            "set output_prefix (e.g. predicted_)"
+        )
+    scored = score_rows(
+        config, params, registered, keep=params.keep, prefix=params.output_prefix, what="score"
+    )
+    total, errors = scored.total, scored.errors
     dataset = dataset_path(params.output)
     version_name = next_version(store, dataset)
     with store.publish(dataset, version_name) as pub:
-        scores = scored.map_batches(_scored_rows, batch_format="pyarrow")
-        scores.write_parquet(
+        scored.scores().write_parquet(
             store.fs_path(pub.path(SCORES_DIR)), filesystem=store.fs, ray_remote_args={"num_cpus": 0}
         )
         runs.write_errors(store, pub.path(runs.ERRORS_FILE), errors)
@@ -331,7 +370,7 @@ def run_score(config: RaylaneConfig, params: ScoreParams) -> dict[str, Any]:
                   "rows_per_s": round(total / seconds, 1)}  # fmt: skip
         pub.metadata.update(
             kind="scores",
-            source=source,
+            source=scored.source,
             model=f"{registered.name}@{registered.version}",
             params=params.model_dump(mode="json"),
             counts=counts,

@@ -237,3 +237,36 @@ def test_batch_scoring_publishes_scores_and_sets_corrupt_rows_aside(v2: V2):
         (7, "column 'pixel_63': missing value"),
     ]
     assert errors.column("path").to_pylist()[0].endswith("score-it/digits.csv")
+
+
+def test_an_eval_job_records_metrics_that_gate_a_promotion(v2: V2):
+    import yaml
+
+    from raylane.jobs.run import parse_result
+
+    project = v2.deployment.project
+    params = {"model": "digits@prod", "input": "eval-it", "generate_sample": True,
+              "inputs": {"pixels": "pixel_*"}, "label": "label", "predicted": "label",
+              "probabilities": "probabilities", "cpus_per_actor": 0.5}  # fmt: skip
+    job = project.path / "eval.yaml"
+    job.write_text(yaml.safe_dump({"job": "eval", "params": params}))
+    result = project.cli("submit", str(job), "--wait", timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    outcome = parse_result(result.stdout)
+    assert outcome["model"] == "digits@1" and outcome["rows"] == 1797 and outcome["failed_rows"] == 0
+    metrics = outcome["metrics"]
+    assert metrics["accuracy"] > 0.8 and metrics["auc"] > 0.9 and set(metrics) == {"accuracy", "f1", "auc"}
+
+    refused = project.cli("models", "promote", "digits@1", "--alias", "stable", "--gate", "accuracy>=0.9999")
+    assert refused.returncode != 0
+    assert f"accuracy {metrics['accuracy']:.4g} < 0.9999 (accuracy>=0.9999)" in refused.stderr
+    promoted = project.cli("models", "promote", "digits@1", "--alias", "stable", "--gate", "auc>=0.9")
+    assert promoted.returncode == 0 and "digits@stable -> 1" in promoted.stdout, promoted.stderr
+    shown = json.loads(project.cli("models", "show", "digits", "--json").stdout)
+    assert shown["evals"][-1]["metrics"] == metrics and shown["evals"][-1]["model"] == "digits@1"
+    assert [(m["alias"], m["action"]) for m in shown["alias_moves"]] == [
+        ("prod", "alias"),
+        ("stable", "promote"),
+    ]
+    lineage = next(v for v in shown["versions"] if v["model"] == "digits@1")["lineage"]
+    assert lineage["run"].startswith("digits-") and 0 < lineage["metrics"]["test_accuracy"] <= 1

@@ -56,8 +56,8 @@ def test_every_shipped_job_config_names_a_kind_and_validates():
 
 
 def test_an_unknown_kind_is_refused_and_the_old_corpus_name_warns(tmp_path):
-    with pytest.raises(ConfigError, match="unknown job kind 'eval'"):
-        kind("eval")
+    with pytest.raises(ConfigError, match="unknown job kind 'nope'"):
+        kind("nope")
     old = tmp_path / "etl.yaml"
     old.write_text("job: etl\nparams: {seq_len: 64}\n")
     with pytest.warns(FutureWarning, match="`job: etl` is now `job: corpus`"):
