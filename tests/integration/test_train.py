@@ -64,7 +64,11 @@ def test_exported_model_is_registered_and_generates_in_vllm(ray_project: RayProj
     outcome, store, env = s3_training
     assert outcome["model"] == "it-llm@1" and outcome["model_uri"].startswith("s3://")
     listed = json.loads(ray_project.cli("models", "list", "--json", env=env).stdout)
-    assert any(m["model"] == "it-llm@1" for m in listed)
+    row = next(m for m in listed if m["model"] == "it-llm@1")
+    # where it came from: the run and checkpoint, the dataset version, the metrics it was reported with
+    lineage = row["lineage"]
+    assert (lineage["run"], lineage["checkpoint"]) == (outcome["run"], outcome["checkpoint"])
+    assert lineage["dataset"] == "corpus@1" and lineage["metrics"]["val_loss"] == outcome["val_loss"]
     directory = resolve_local_path(store, None, outcome["model_uri"])
     names = {p.name for p in directory.iterdir()}
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"} <= names
