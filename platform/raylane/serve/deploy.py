@@ -115,37 +115,53 @@ def applications(config: RaylaneConfig, args: dict[str, Any]) -> list[dict[str, 
     """The Serve application configs ``config``'s models need, each built from ``args`` on the
     cluster: the OpenAI application for vLLM models; for predictor models the Open Inference
     Protocol's root (``<route_prefix>v2``, same port) and one application per model below it, whose
-    replicas are its ingress (:mod:`raylane.predict.app`). Deploying or updating one kind never
-    restarts the other's replicas.
+    replicas are its ingress (:mod:`raylane.predict.app`). Each application's ``args`` carry only its
+    own models, so changing one predictor (a new version behind its alias) rebuilds that model's
+    application alone, and changing an LLM never restarts a predictor's replicas.
 
     Example:
         >>> config = RaylaneConfig.model_validate({"models": [{"name": "digits", "source": "digits@1",
         ...                                                    "task": "predict"}]})
-        >>> [(app["name"], app["route_prefix"]) for app in applications(config, {})]
-        [('raylane-v2', '/v2'), ('raylane-v2-digits', '/v2/models/digits')]
+        >>> apps = applications(config, {})
+        >>> [(app["name"], app["route_prefix"], len(app["args"]["models"])) for app in apps]
+        [('raylane-v2', '/v2', 1), ('raylane-v2-digits', '/v2/models/digits', 1)]
     """
     openai_name, v2_name = app_names(config)
+
+    def only(models: list[Any]) -> dict[str, Any]:
+        # Each application's args hold only its own models: Serve rebuilds an application whose
+        # args change, so changing one model must leave the others' replicas running.
+        return {**args, "models": [m.model_dump(mode="json") for m in models]}
+
     apps = []
-    if any(not m.is_predictor for m in config.models):
+    engines = [m for m in config.models if not m.is_predictor]
+    if engines:
         apps.append(
             {
                 "name": openai_name,
                 "route_prefix": config.serve.route_prefix,
                 "import_path": IMPORT_PATH,
-                "args": args,
+                "args": only(engines),
             }
         )
-    predictors = [m.name for m in config.models if m.is_predictor]
+    predictors = [m for m in config.models if m.is_predictor]
     root = config.serve.route_prefix.rstrip("/") + "/v2"
     if predictors:
-        apps.append({"name": v2_name, "route_prefix": root, "import_path": PREDICT_IMPORT_PATH, "args": args})
-    for name in predictors:
         apps.append(
             {
-                "name": f"{v2_name}-{name}",
-                "route_prefix": f"{root}/models/{name}",
+                "name": v2_name,
+                "route_prefix": root,
+                "import_path": PREDICT_IMPORT_PATH,
+                "args": only(predictors),
+            }
+        )
+    for model in predictors:
+        apps.append(
+            {
+                "name": f"{v2_name}-{model.name}",
+                "route_prefix": f"{root}/models/{model.name}",
                 "import_path": MODEL_IMPORT_PATH,
-                "args": {**args, "predictor": name},
+                "args": {**only([model]), "predictor": model.name},
             }
         )
     return apps

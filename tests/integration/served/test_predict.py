@@ -270,3 +270,47 @@ def test_an_eval_job_records_metrics_that_gate_a_promotion(v2: V2):
     ]
     lineage = next(v for v in shown["versions"] if v["model"] == "digits@1")["lineage"]
     assert lineage["run"].startswith("digits-") and 0 < lineage["metrics"]["test_accuracy"] <= 1
+
+
+def test_moving_an_alias_and_redeploying_switches_versions_with_no_failed_request(v2: V2):
+    """digits@prod moves from 1 to 2 and `raylane serve deploy` runs again while requests keep
+    coming: every request succeeds, answered by version 1 and then by version 2 only."""
+    import threading
+
+    project = v2.deployment.project
+    listed = json.loads(project.cli("models", "list", "--json").stdout)
+    uri = next(row["uri"] for row in listed if row["model"] == "digits@1")
+    assert project.cli("models", "register", "digits", uri).returncode == 0  # the same weights as @2
+    images = load_digits().data[:4].astype(np.float32)
+    answers: list[tuple[float, int, str, float]] = []  # (sent at, status, version, seconds)
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(headers=v2.headers("main"), timeout=120) as http:
+            while not stop.is_set():
+                sent = time.monotonic()
+                response = http.post(f"{v2.root}/models/digits/infer", json={"inputs": [pixels(images)]})
+                version = response.json().get("model_version", "") if response.status_code == 200 else ""
+                answers.append((sent, response.status_code, version, time.monotonic() - sent))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(2)
+        assert project.cli("models", "alias", "digits@2", "prod").returncode == 0
+        redeployed = project.cli("serve", "deploy", str(project.path / "serve.yaml"), timeout=900)
+        assert redeployed.returncode == 0, redeployed.stderr
+        switched = time.monotonic()
+        time.sleep(3)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=150)
+    failed = [a for a in answers if a[1] != 200]
+    assert not failed, failed[:5]
+    assert {a[2] for a in answers} == {"1", "2"}
+    assert answers[0][2] == "1" and {a[2] for a in answers if a[0] > switched} == {"2"}, answers[-5:]
+    status = json.loads(project.cli("serve", "status", "--json").stdout)
+    assert status["sources"]["digits"] == "digits@2 (follows digits@prod)"
+    print(f"alias switch: {len(answers)} requests, none failed, slowest {max(a[3] for a in answers):.2f} s")

@@ -36,5 +36,12 @@ def test_each_predictor_gets_its_own_application_below_v2_and_llms_keep_theirs()
         ("raylane-v2", "/api/v2"),
         ("raylane-v2-digits", "/api/v2/models/digits"),
     ]
-    assert apps[2]["args"] == {"k": 1, "predictor": "digits"}
+    # each application's args carry only its own models: changing digits rebuilds only its app
+    assert [[m["name"] for m in a["args"]["models"]] for a in apps] == [["tiny"], ["digits"], ["digits"]]
+    assert apps[2]["args"]["predictor"] == "digits" and all(a["args"]["k"] == 1 for a in apps)
+    moved = config.model_copy(
+        update={"models": [config.models[0], config.models[1].model_copy(update={"source": "digits@2"})]}
+    )
+    changed = [a["name"] for a, b in zip(apps, applications(moved, {"k": 1}), strict=True) if a != b]
+    assert changed == ["raylane-v2", "raylane-v2-digits"]  # the LLM's application stays as it was
     assert all(is_ours(config, a["name"]) for a in apps) and not is_ours(config, "someone-elses")
