@@ -129,21 +129,17 @@ def models_show(
     versions = list_models(db, name)
     if not versions:
         raise NotFoundError(f"no registered model {name}: see `raylane models list`")
+    move_rows, eval_rows = db.model_alias_events(name), db.model_evals(name)
     moves = [
         {"alias": e.alias, "from": e.from_version, "to": e.to_version, "action": e.action, "actor": e.actor,
          "at": e.at}
-        for e in db.model_alias_events(name)
+        for e in move_rows
     ]  # fmt: skip
     evals = [
-        {
-            "id": e.id,
-            "model": f"{e.name}@{e.version}",
-            "dataset": e.dataset,
-            "metrics": e.metrics,
-            "at": e.created_at,
-        }
-        for e in db.model_evals(name)
-    ]
+        {"id": e.id, "model": f"{e.name}@{e.version}", "dataset": e.dataset, "metrics": e.metrics,
+         "at": e.created_at}
+        for e in eval_rows
+    ]  # fmt: skip
     if as_json:
         out.print_json(data={"versions": versions, "alias_moves": moves, "evals": evals})
         return
@@ -157,7 +153,7 @@ def models_show(
     out.print(table)
     if evals:
         records = Table("eval", "model", "dataset", "metrics", "at", box=None, pad_edge=False)
-        for record in db.model_evals(name):
+        for record in eval_rows:
             metrics = ", ".join(f"{k} {v:.4g}" for k, v in record.metrics.items())
             records.add_row(
                 str(record.id), f"{record.name}@{record.version}", record.dataset, metrics,
@@ -166,7 +162,7 @@ def models_show(
         out.print(records)
     if moves:
         history = Table("alias", "from", "to", "action", "by", "at", box=None, pad_edge=False)
-        for e in db.model_alias_events(name):
+        for e in move_rows:
             history.add_row(
                 e.alias, str(e.from_version or "-"), str(e.to_version), e.action, e.actor, fmt_time(e.at)
             )

@@ -22,8 +22,9 @@ from __future__ import annotations
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -32,6 +33,8 @@ import raylane
 from raylane.config import describe_validation_error, read_yaml_mapping
 from raylane.errors import ConfigError, NotFoundError
 from raylane.jobs.kinds import RENAMED, JobKind, JobParams, kind
+
+T = TypeVar("T")
 
 
 class JobSpec(BaseModel):
@@ -85,20 +88,22 @@ def load_job_spec(path: Path, param_overrides: dict[str, Any] | None = None) -> 
         )
         spec.job = RENAMED[spec.job]
     spec.params.update(param_overrides or {})
-    try:
-        spec.validated_params()
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: params: {describe_validation_error(exc)}") from None
+    checked(path, spec.validated_params, section="params: ")
     if spec.tune is not None:  # a bad search space fails here, not in a trial minutes later
-        try:
-            kind("tune").validate_params({"trainer": spec.job, "params": spec.params, "tune": spec.tune})
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-        except ValidationError as exc:
-            raise ConfigError(f"{path}: {describe_validation_error(exc)}") from None
+        tune = {"trainer": spec.job, "params": spec.params, "tune": spec.tune}
+        checked(path, lambda: kind("tune").validate_params(tune))
     return spec
+
+
+def checked(source: object, validate: Callable[[], T], section: str = "") -> T:
+    """``validate()``'s result; its :class:`ConfigError` or pydantic ``ValidationError`` becomes one
+    :class:`ConfigError` naming ``source`` (and ``section``, for a validation error)."""
+    try:
+        return validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {section}{describe_validation_error(exc)}") from None
 
 
 def jobs_dir() -> Path:

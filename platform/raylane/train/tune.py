@@ -213,7 +213,7 @@ def tune_job_spec(
         >>> tuned.job, tuned.params["trainer"], tuned.params["tune"]["trials"], tuned.name
         ('tune', 'vision', 8, 'raylane-tune-vision')
     """
-    from raylane.jobs.spec import JobSpec
+    from raylane.jobs.spec import JobSpec, checked
 
     if spec.tune is None:
         raise ConfigError(f"{source}: no tune: section (the search space `raylane tune` runs)")
@@ -225,12 +225,7 @@ def tune_job_spec(
         runtime_env=spec.runtime_env,
         params={"trainer": spec.job, "params": spec.params, "tune": settings, "resume": resume},
     )
-    try:
-        tuned.validated_params()
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    except ValidationError as exc:
-        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
+    checked(source, tuned.validated_params)
     return tuned
 
 
